@@ -213,6 +213,8 @@ def from_dict(raw: dict, name: str = "baseline") -> ExperimentConfig:
     """Build and validate an `ExperimentConfig` from plain data (unknown keys are errors)."""
     sections = {f.name: f.type for f in dataclasses.fields(ExperimentConfig) if f.name != "name"}
     hints = get_type_hints(ExperimentConfig)
+    raw = dict(raw)
+    name = raw.pop("name", name)  # a saved config.yaml carries its name
     for key in raw:
         if key not in sections:
             raise ValueError(f"experiment {name!r}: unknown section {key!r}; {closest(key, sections)}")

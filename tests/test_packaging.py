@@ -1,0 +1,43 @@
+"""The install surface: pyproject.toml and environment.yml name the same packages; the CI script is sane."""
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    listed = [p for p in pip if not p.startswith("-e")]
+    assert {_name(r): r.replace(" ", "") for r in listed} == {_name(r): r.replace(" ", "") for r in wanted}
+    assert "python=3.11" in env["dependencies"]
+    assert any(p.startswith("-e .[dev]") for p in pip)
+
+
+def test_torch_pins_are_the_local_releases():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert "torch==2.14.1" in deps and "torchvision==0.29.1" in deps
+
+
+def test_ci_script_installs_with_readme_command_and_fails_on_no_tests():
+    ci = (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert 'pip install -e ".[dev]"' in readme and "pip install" in ci and '".[dev]"' in ci
+    assert "pytest" in ci and "pytest" in readme
+    assert '"$rc" -eq 5' in ci  # pytest's "no tests collected" is a failure
+
+
+def test_package_imports_and_exposes_the_public_api():
+    import studylib
+
+    for name in ("build_backbone", "ViT", "load_pretrained", "PRESETS"):
+        assert hasattr(studylib, name), name
