@@ -15,7 +15,7 @@ from .evaluation import BACKENDS, IOU_TYPES, evaluate_results, tide_errors
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m studylib.evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m studylib.evaluate", description="COCO box or mask AP of a results file, printed as one JSON object.")
     parser.add_argument("--gt", required=True, help="COCO instances annotation file")
     parser.add_argument("--dt", required=True, help="COCO results JSON file (a list of detections)")
     parser.add_argument("--type", default="bbox", choices=IOU_TYPES, help="IoU type (default: bbox)")

@@ -4,14 +4,15 @@ Each false positive or missed ground truth gets one type, and an oracle that fix
 one type gives its ΔAP (AP@0.5 points, 0-100, tidecv's unit):
   cls   IoU >= 0.5 with a ground truth of another class;
   loc   right class, 0.1 <= IoU <= 0.5;
-  both  cls+loc: wrong class and 0.1 < IoU < 0.5 (tidecv's "Both"/OtherError);
+  both  cls+loc (tidecv's "Both", OtherError): none of the others, yet IoU > 0.1 with some
+        ground truth; in practice a wrong class with 0.1 < IoU < 0.5;
   dupe  right class, IoU >= 0.5, but the ground truth is already matched by a higher score;
   bkg   IoU <= 0.1 with every ground truth;
   miss  ground truth that no detection matched or could be fixed into a match.
 
-Wraps tidecv 1.0.1 (works offline with numpy 2 and pandas 2/3). tidecv's `datasets.COCO()`
-downloads COCO when called without a path and its `TIDE` object writes under the user's data dir
-(plot temp files) and restyles matplotlib globally, so we use neither: ground truth and results
+Wraps tidecv 1.0.1 (checked offline with numpy 2.4 and pandas 3.1). tidecv's `datasets.COCO()`
+downloads COCO when called without a path, and its `TIDE` object creates a folder under the user's
+data dir (for plot temp files) and restyles matplotlib globally, so we use neither: ground truth and results
 are converted in memory and scored with `tidecv.quantify.TIDERun`, which touches no files.
 
 Known tidecv behaviour (dbolya/tide#40): ground truth fed back as detections can still show a
