@@ -9,11 +9,11 @@ from .models import PRESETS, ViT, build_backbone
 __version__ = "0.1.0"
 
 
-def load_pretrained(backbone, path, fmt="auto", abs_pos=None, rel_pos=None):
+def load_pretrained(backbone, path, fmt="auto", abs_pos=None, rel_pos=None, **kwargs):
     """Load a checkpoint into a backbone; see `studylib.checkpoints.load_pretrained`."""
     from .checkpoints import load_pretrained as _load
 
-    return _load(backbone, path, fmt=fmt, abs_pos=abs_pos, rel_pos=rel_pos)
+    return _load(backbone, path, fmt=fmt, abs_pos=abs_pos, rel_pos=rel_pos, **kwargs)
 
 
 __all__ = ["PRESETS", "ViT", "build_backbone", "load_pretrained", "__version__"]

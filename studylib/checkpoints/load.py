@@ -22,15 +22,13 @@ error; other unexpected keys are an error unless strict=False, and then they are
 """
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..io import atomic_write_json
 from ..models.pos_embed import resize_abs_pos_embed, resize_rel_pos_table
 from ..models.vit import ViT
 from .formats import FORMATS, SHARED_REL_TABLE, Converted, convert, detect_format, read_checkpoint, unwrap
@@ -64,18 +62,7 @@ class LoadReport:
 
     def save(self, path: str | Path) -> Path:
         """Write the report as JSON, atomically (a reader sees the old file or the whole new one)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_json(path, self.to_dict())
 
 
 def _check_treatment(name: str, value: str | None) -> None:
