@@ -41,7 +41,8 @@ def resize_abs_pos_embed(pos_embed: torch.Tensor, new_hw: tuple[int, int], num_p
                          old_hw: tuple[int, int] | None = None) -> torch.Tensor:
     """Resize a (1, [prefix +] gh*gw, C) table to (1, H, W, C), dropping any class-token slot.
 
-    Bicubic, through timm's `resample_abs_pos_embed`; the identity when the grid is unchanged.
+    Bicubic (align_corners=False, no antialiasing, as MAE, DeiT and detectron2's `get_abs_pos`),
+    through timm's `resample_abs_pos_embed`; the identity when the grid is unchanged.
     """
     n = pos_embed.shape[1] - num_prefix_tokens
     if old_hw is None:
@@ -51,7 +52,8 @@ def resize_abs_pos_embed(pos_embed: torch.Tensor, new_hw: tuple[int, int], num_p
         old_hw = (side, side)
     grid = pos_embed[:, num_prefix_tokens:]
     if tuple(old_hw) != tuple(new_hw):
-        grid = resample_abs_pos_embed(grid, new_size=list(new_hw), old_size=list(old_hw), num_prefix_tokens=0)
+        grid = resample_abs_pos_embed(grid, new_size=list(new_hw), old_size=list(old_hw), num_prefix_tokens=0,
+                                      antialias=False)  # timm's default antialias=True uses another cubic kernel
     return grid.reshape(1, new_hw[0], new_hw[1], -1)
 
 
