@@ -42,30 +42,15 @@ def default_global_blocks(depth: int) -> tuple[int, ...]:
     return tuple(depth // 4 * (i + 1) - 1 for i in range(4))
 
 
-def window_partition(x: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
-    """(B, H, W, C) -> (B*nW, r*r, C) windows, zero-padding H, W up to multiples of r.
-
-    Also returns a (B*nW, r*r) bool mask of real (non-padding) tokens, or None without padding,
-    and the padded size.
-    """
+def window_partition(x: torch.Tensor, r: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(B, H, W, C) -> (B*nW, r*r, C) windows, zero-padding H, W up to multiples of r; also the padded size."""
     B, H, W, C = x.shape
     ph, pw = (r - H % r) % r, (r - W % r) % r
-    valid = None
     if ph or pw:
         x = F.pad(x, (0, 0, 0, pw, 0, ph))
-        valid = torch.zeros(1, H + ph, W + pw, 1, dtype=torch.bool, device=x.device)
-        valid[:, :H, :W] = True
     Hp, Wp = H + ph, W + pw
-
-    def split(t: torch.Tensor) -> torch.Tensor:
-        b, c = t.shape[0], t.shape[-1]
-        t = t.view(b, Hp // r, r, Wp // r, r, c).permute(0, 1, 3, 2, 4, 5)
-        return t.reshape(-1, r * r, c)
-
-    windows = split(x)
-    if valid is not None:
-        valid = split(valid).squeeze(-1).repeat(B, 1)
-    return windows, valid, (Hp, Wp)
+    windows = x.view(B, Hp // r, r, Wp // r, r, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, r * r, C)
+    return windows, (Hp, Wp)
 
 
 def window_unpartition(windows: torch.Tensor, r: int, padded_hw: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
@@ -76,6 +61,26 @@ def window_unpartition(windows: torch.Tensor, r: int, padded_hw: tuple[int, int]
     B = windows.shape[0] // (Hp // r * Wp // r)
     x = windows.view(B, Hp // r, Wp // r, r, r, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
     return x[:, :H, :W].contiguous()
+
+
+def window_attn_mask(hw: tuple[int, int], r: int, batch: int, rel_bias: torch.Tensor | None = None,
+                     dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+                     ) -> torch.Tensor | None:
+    """The additive attention mask of windowed blocks on an h x w grid, or None when there is nothing to add.
+
+    The (heads, r*r, r*r) relative bias, if any, plus -inf on the keys that are padding, so that
+    padding never reaches a real token: (1, heads, r*r, r*r) without padding, otherwise
+    (B*nW, heads or 1, r*r or 1, r*r). Built once per forward and shared by all windowed blocks.
+    """
+    H, W = hw
+    mask = rel_bias[None].to(dtype) if rel_bias is not None else None
+    if H % r or W % r:
+        device = rel_bias.device if rel_bias is not None else device
+        valid = torch.ones(batch, H, W, 1, dtype=dtype, device=device)
+        pad = window_partition(valid, r)[0].squeeze(-1)  # (B*nW, r*r): 1 real, 0 padding
+        pad = torch.zeros_like(pad).masked_fill_(pad == 0, float("-inf"))[:, None, None, :]
+        mask = pad if mask is None else mask + pad
+    return mask
 
 
 class RelPosBias(nn.Module):
@@ -133,21 +138,25 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
         self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
 
-    def forward(self, x: torch.Tensor, rel_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, H, W, C); rel_bias: (heads, N, N) for a window (windowed) or the grid (global)."""
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, H, W, C). attn_mask: additive mask of the attention, or None for none.
+
+        Global blocks take (1, heads, N, N) (the relative bias); windowed blocks take the mask of
+        `window_attn_mask` for this grid, which also masks padding (None: padding only).
+        """
         B, H, W, C = x.shape
         h = self.norm1(x)
         if self.window_size:
-            h, valid, padded = window_partition(h, self.window_size)
-            mask = rel_bias[None] if rel_bias is not None else None
-            if valid is not None:  # padded keys never receive attention
-                pad = torch.zeros(valid.shape, dtype=h.dtype, device=h.device).masked_fill_(~valid, float("-inf"))
-                pad = pad[:, None, None, :]
-                mask = pad if mask is None else mask + pad
-            h = self.attn(h, mask)
-            h = window_unpartition(h, self.window_size, padded, (H, W))
+            r = self.window_size
+            if attn_mask is None:
+                attn_mask = window_attn_mask((H, W), r, B, dtype=h.dtype, device=h.device)
+            elif (H % r or W % r) and attn_mask.shape[0] != B * -(-H // r) * -(-W // r):
+                raise ValueError(f"windowed block on a {H}x{W} grid (r={r}) needs the padding mask of "
+                                 f"window_attn_mask, got a mask of shape {tuple(attn_mask.shape)}")
+            h, padded = window_partition(h, r)
+            h = window_unpartition(self.attn(h, attn_mask), r, padded, (H, W))
         else:
-            h = self.attn(h.reshape(B, H * W, C), rel_bias[None] if rel_bias is not None else None).view(B, H, W, C)
+            h = self.attn(h.reshape(B, H * W, C), attn_mask).view(B, H, W, C)
         x = x + self.drop_path(self.ls1(h))
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
@@ -212,7 +221,7 @@ class ViT(nn.Module):
         windowed = [i for i in range(depth) if i not in global_blocks]
         self.rel_pos_window = RelPosBias((window_size,) * 2, num_heads) if use_rel_pos and windowed else None
         self.rel_pos_global = RelPosBias(self.grid, num_heads) if use_rel_pos and global_blocks else None
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / (depth - 1) for i in range(depth)]  # linear 0 -> rate (no tensor: meta-safe)
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, 0 if i in global_blocks else window_size, mlp_ratio, qkv_bias, dpr[i],
                   layer_scale_init)
@@ -261,15 +270,21 @@ class ViT(nn.Module):
         return x
 
     def _blocks(self, x: torch.Tensor):
-        hw = tuple(x.shape[1:3])
-        bias_w = self.rel_pos_window((self.window_size,) * 2) if self.rel_pos_window is not None else None
-        bias_g = self.rel_pos_global(hw) if self.rel_pos_global is not None else None
+        B, H, W = x.shape[:3]
+        # masks are built once per forward in the compute dtype, so every block shares one copy
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        mask_w = mask_g = None
+        if len(self.global_blocks) < self.depth:
+            bias = self.rel_pos_window((self.window_size,) * 2) if self.rel_pos_window is not None else None
+            mask_w = window_attn_mask((H, W), self.window_size, B, bias, dtype, x.device)
+        if self.rel_pos_global is not None:
+            mask_g = self.rel_pos_global((H, W))[None].to(dtype)
         for i, blk in enumerate(self.blocks):
-            bias = bias_w if blk.window_size else bias_g
+            mask = mask_w if blk.window_size else mask_g
             if self.use_checkpoint and self.training:
-                x = torch.utils.checkpoint.checkpoint(blk, x, bias, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(blk, x, mask, use_reentrant=False)
             else:
-                x = blk(x, bias)
+                x = blk(x, mask)
             yield i, x
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
