@@ -66,6 +66,8 @@ class ModelConfig:
     adaptor: str = "multiscale"         # multiscale (the paper's) | single (stride 16 only) | simple (ViTDet)
     head_width: int = 256               # FPN / RPN / box and mask head channels
     fc_dim: int = 1024                  # the box head's fc layer
+    rois_per_image: int = 512           # RoIs sampled per image for the box and mask heads
+    detector_kwargs: dict[str, Any] = field(default_factory=dict)  # other MaskRCNN keywords (rpn_*_top_n_*, ...)
     norm: str = "bn"                    # norm of FPN and heads (SyncBN when distributed)
     drop_path: float = 0.1              # 0.1 for ViT-B, 0.3 for ViT-L in the paper
     layer_scale: float | None = None    # None: the initialization's own (BEiT: 0.1)
