@@ -28,8 +28,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import Dataset, default_collate
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image
 from torchvision.transforms import v2
+from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
 from .config import PretrainConfig
@@ -52,8 +53,9 @@ def find_images(image_dir: str | Path) -> list[Path]:
 def read_image(path: str | Path) -> torch.Tensor:
     """(3, H, W) uint8 RGB; an unreadable file raises a ValueError naming it."""
     try:
-        return decode_image(str(path), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as e:
+        with Image.open(path) as im:
+            return pil_to_tensor(im.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
 
 

@@ -40,9 +40,15 @@ def random_masking(x: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, to
     return visible, torch.gather(mask, 1, ids_restore), ids_restore
 
 
-def sincos_parameter(dim: int, grid: int) -> nn.Parameter:
-    """(1, 1 + grid², dim) fixed sin-cos table with a zero class slot, as a frozen parameter."""
+def sincos_parameter(dim: int, grid: int, row_first: bool = False) -> nn.Parameter:
+    """(1, 1 + grid², dim) fixed sin-cos table with a zero class slot, as a frozen parameter.
+
+    MAE's table encodes the column in its first channel half and the row in the second;
+    `row_first=True` swaps the halves, which is MoCo v3's table (its meshgrid runs over (w, h)).
+    """
     table = torch.from_numpy(get_2d_sincos_pos_embed(dim, grid, cls_token=True)).unsqueeze(0)
+    if row_first:
+        table = torch.cat([table[..., dim // 2:], table[..., : dim // 2]], dim=-1)
     return nn.Parameter(table, requires_grad=False)  # fixed sin-cos embedding
 
 

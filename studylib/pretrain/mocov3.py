@@ -58,7 +58,7 @@ def moco_vit(img_size: int, patch_size: int, embed_dim: int, depth: int, num_hea
                             drop_path_rate=drop_path_rate, weight_init="skip")
     named_apply(init_weights_vit_moco, vit)
     nn.init.normal_(vit.cls_token, std=1e-6)
-    vit.pos_embed = sincos_parameter(embed_dim, img_size // patch_size)
+    vit.pos_embed = sincos_parameter(embed_dim, img_size // patch_size, row_first=True)  # MoCo v3's order
     # patch embedding: uniform init treating the conv as a linear layer (vits.py), then frozen
     w = vit.patch_embed.proj.weight
     val = math.sqrt(6.0 / float(3 * patch_size * patch_size + embed_dim))
