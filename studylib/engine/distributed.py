@@ -92,6 +92,22 @@ def broadcast_object(obj):
     return box[0]
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over processes (the gradient of a sum is the summed gradient)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class NaiveSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm whose training statistics are taken over all processes, each weighted by its pixel count.
 
@@ -103,12 +119,10 @@ class NaiveSyncBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         C = x.shape[1]
         n = torch.tensor([x.numel() / C], dtype=x.dtype, device=x.device)
         local = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), n])
-        total = all_reduce(local)
+        total = _AllReduceSum.apply(local)
         count = total[-1].clamp(min=1.0)
         mean, meansqr = total[:C] / count, total[C:2 * C] / count
         var = (meansqr - mean * mean).clamp(min=0.0)

@@ -149,9 +149,8 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, dist_info: DistInfo, resum
         cfg.save(out_dir / "config.yaml")
         (out_dir / "metrics.json").unlink(missing_ok=True)  # metrics.json marks a complete run
     set_determinism(tc.deterministic, device)
-    seed_all(tc.seed)
-
     train_set, val_set = build_datasets(cfg, dist_info)
+    seed_all(tc.seed)  # after the data: generating it or not must not change the model's initialization
     model = build_model(cfg, base_dataset(train_set).num_classes, out_dir if main else None).to(device)
     n_parameters = sum(p.numel() for p in model.parameters())
     if dist_info.distributed:
