@@ -174,7 +174,7 @@ def draw_background(rng: np.random.Generator, cfg: SyntheticConfig) -> np.ndarra
     s = cfg.image_size
     img = rng.uniform(0.3, 0.6) + 0.05 * rng.normal(size=3) + np.zeros((s, s, 3))
     img += cfg.background_texture * (smooth_field(rng, s, 4) + 0.5 * smooth_field(rng, s, max(4, s // 8)))
-    ys, xs = np.mgrid[0:s, 0:s].astype(np.float64)
+    ys, xs = np.mgrid[0:s, 0:s].astype(np.float64) if cfg.clutter else (None, None)
     for _ in range(cfg.clutter):
         color = rng.uniform(0, 1, 3)
         if rng.random() < 0.5:  # a thick stroke: distance to a segment below a width
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
         flag = "--" + f.name.replace("_", "-")
         if f.type.startswith("tuple"):
             elem = int if "int" in f.type else float
-            parser.add_argument(flag, type=elem, nargs=2, metavar=("LOW", "HIGH"), help=f"default: preset's")
+            parser.add_argument(flag, type=elem, nargs=2, metavar=("LOW", "HIGH"), help="default: preset's")
         else:
             parser.add_argument(flag, type=int if f.type == "int" else float, help="default: preset's")
     args = parser.parse_args(argv)
