@@ -97,6 +97,7 @@ class TrainConfig:
     layer_decay: float | None = None    # ViTDet's layer-wise lr decay; off in the paper
     amp: str = "bf16"                   # mixed precision on GPU; CPU always runs fp32
     device: str = "auto"
+    threads: int | None = None          # CPU threads per process (None: torch's default)
     seed: int = 0
     deterministic: bool = False         # torch.use_deterministic_algorithms (CPU resume test)
     checkpoint_every: int = 500         # iterations between atomic checkpoints

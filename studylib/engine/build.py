@@ -129,4 +129,5 @@ def build_model(cfg: ExperimentConfig, num_classes: int, out_dir: str | Path | N
             report.save(Path(out_dir) / "load_report.json")
         backbone = build_adaptor(vit, m.adaptor, out_channels=m.head_width, norm=m.norm)
     return build_mask_rcnn(backbone, num_classes=num_classes + 1, img_size=cfg.data.img_size,
-                           head_width=m.head_width, fc_dim=m.fc_dim, norm=m.norm)
+                           head_width=m.head_width, fc_dim=m.fc_dim, norm=m.norm,
+                           rois_per_image=m.rois_per_image, **m.detector_kwargs)

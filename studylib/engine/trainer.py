@@ -148,6 +148,8 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, dist_info: DistInfo, resum
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(out_dir / "config.yaml")
         (out_dir / "metrics.json").unlink(missing_ok=True)  # metrics.json marks a complete run
+    if tc.threads is not None and device.type == "cpu":
+        torch.set_num_threads(tc.threads)  # oversubscribed cores cost far more than they give
     set_determinism(tc.deterministic, device)
     train_set, val_set = build_datasets(cfg, dist_info)
     seed_all(tc.seed)  # after the data: generating it or not must not change the model's initialization
