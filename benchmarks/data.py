@@ -138,7 +138,7 @@ def model_section(ds: CocoInstances, backbone: str, size: int, batch: int, head_
     step_s = (time.perf_counter() - start) / steps
     return {"backbone": backbone, "img_size": size, "batch": batch, "head_width": head_width, "fc_dim": fc_dim,
             "torch_threads": threads, "steps_timed": steps, "s_per_step": round(step_s, 3),
-            "images_per_s": round(batch / step_s, 2)}
+            "images_per_s": float(f"{batch / step_s:.3g}")}
 
 
 def verdict(loader: dict, model: dict, workers: int) -> dict:
