@@ -18,15 +18,16 @@ METHODS = ("mae", "mocov3", "supervised", "beit")
 ENCODER_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio")
 
 # Per-method defaults. Learning rates are higher than the originals' (e.g. MAE 1.5e-4 x bs/256)
-# because the embedded default trains a width-128 ViT for ~3 CPU minutes, not 800 epochs.
+# because the embedded default trains a width-128 ViT for ~3 CPU minutes, not 800 epochs. Steps are
+# set so that each method takes about 3 minutes on one busy CPU core (benchmarks/pretrain.py).
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mae": dict(steps=600, lr=1.5e-3, weight_decay=0.05, betas=(0.9, 0.95), mask_ratio=0.75, clip_grad=0.0,
+    "mae": dict(steps=500, lr=1.5e-3, weight_decay=0.05, betas=(0.9, 0.95), mask_ratio=0.75, clip_grad=0.0,
                 drop_path_rate=0.0, min_crop_scale=0.2),
-    "mocov3": dict(steps=300, lr=1.5e-3, weight_decay=0.1, betas=(0.9, 0.999), mask_ratio=0.0, clip_grad=0.0,
+    "mocov3": dict(steps=100, lr=1.5e-3, weight_decay=0.1, betas=(0.9, 0.999), mask_ratio=0.0, clip_grad=0.0,
                    drop_path_rate=0.0, min_crop_scale=0.08),
-    "supervised": dict(steps=500, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999), mask_ratio=0.0, clip_grad=0.0,
+    "supervised": dict(steps=300, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999), mask_ratio=0.0, clip_grad=0.0,
                        drop_path_rate=0.1, min_crop_scale=0.35),
-    "beit": dict(steps=500, lr=1.5e-3, weight_decay=0.05, betas=(0.9, 0.999), mask_ratio=0.4, clip_grad=3.0,
+    "beit": dict(steps=300, lr=1.5e-3, weight_decay=0.05, betas=(0.9, 0.999), mask_ratio=0.4, clip_grad=3.0,
                  drop_path_rate=0.1, min_crop_scale=0.08),
 }
 
@@ -81,7 +82,7 @@ class PretrainConfig:
     stop_after: int | None = None               # stop at this step (resume later), for time-sliced jobs
     resume: bool = False
     progress: bool = True
-    threads: int | None = None                  # torch.set_num_threads
+    threads: int | None = None                  # torch.set_num_threads (1 is fastest on a shared 2-core box)
 
     def encoder_kwargs(self) -> dict[str, Any]:
         """The ViT shape: the preset's values with `overrides` applied."""
