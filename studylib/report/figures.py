@@ -1,0 +1,158 @@
+"""Seaborn figures of the study, saved as PNGs with stable bytes (Agg, fixed dpi, no Software stamp).
+
+Also the drawing used by the notebooks: instances (boxes + masks) on an image, ground truth beside
+predictions, loss curves from a run's history.csv.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks  # noqa: E402
+
+DPI = 100
+INIT_ORDER = ("random", "supervised", "mocov3", "beit", "mae")
+sns.set_theme(context="paper", style="whitegrid")
+
+
+def save(fig: plt.Figure, path: str | Path) -> Path:
+    """Write `fig` as a PNG whose bytes depend only on its content, and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def draw_instances(image: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor | None = None,
+                   labels: Sequence[str] | None = None) -> np.ndarray:
+    """An HWC uint8 picture of `image` (CHW in [0, 1]) with xyxy `boxes` and binary `masks` (N×H×W)."""
+    canvas = (image.clamp(0, 1) * 255).to(torch.uint8).cpu()
+    if masks is not None and len(masks):
+        canvas = draw_segmentation_masks(canvas, masks.bool().cpu(), alpha=0.45)
+    if len(boxes):
+        canvas = draw_bounding_boxes(canvas, boxes.cpu().float(), labels=list(labels) if labels else None, width=1)
+    return canvas.permute(1, 2, 0).numpy()
+
+
+def image_grid(pictures: list[list[np.ndarray]], row_titles: Sequence[str], col_titles: Sequence[str],
+               cell: float = 2.2) -> plt.Figure:
+    """Rows × columns of pictures with titles."""
+    rows, cols = len(pictures), max(len(r) for r in pictures)
+    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, cell * rows), squeeze=False)
+    for r, row in enumerate(pictures):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(row):
+                ax.imshow(row[c])
+            if r == 0 and c < len(col_titles):
+                ax.set_title(col_titles[c], fontsize=8)
+        axes[r][0].text(-0.05, 0.5, row_titles[r], transform=axes[r][0].transAxes, ha="right", va="center",
+                        fontsize=8, rotation=90)
+    fig.tight_layout()
+    return fig
+
+
+def target_picture(image: torch.Tensor, target: dict, names: dict[int, str]) -> np.ndarray:
+    return draw_instances(image, target["boxes"], target.get("masks"), [names[int(k)] for k in target["labels"]])
+
+
+def prediction_picture(image: torch.Tensor, output: dict, names: dict[int, str], score_thresh: float = 0.5,
+                       mask_thresh: float = 0.5) -> np.ndarray:
+    """Detections of a torchvision Mask R-CNN output (scores >= score_thresh) drawn on `image`."""
+    keep = output["scores"] >= score_thresh
+    masks = output["masks"][keep][:, 0] >= mask_thresh if "masks" in output else None
+    labels = [f"{names.get(int(k), k)} {s:.2f}" for k, s in zip(output["labels"][keep], output["scores"][keep])]
+    return draw_instances(image, output["boxes"][keep], masks, labels)
+
+
+def results_picture(image: torch.Tensor, results: list[dict], names: dict[int, str],
+                    score_thresh: float = 0.5) -> np.ndarray:
+    """COCO segm results of one image (RLE masks, xywh boxes, category ids) drawn on `image`."""
+    from pycocotools import mask as mask_utils
+
+    kept = [r for r in results if r["score"] >= score_thresh]
+    boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in kept)]).reshape(-1, 4)
+    masks = torch.from_numpy(np.stack([mask_utils.decode(r["segmentation"]) for r in kept])) if kept else None
+    labels = [f"{names.get(r['category_id'], r['category_id'])} {r['score']:.2f}" for r in kept]
+    return draw_instances(image, boxes, masks, labels)
+
+
+def loss_curves(history: str | Path | pd.DataFrame, title: str = "") -> plt.Figure:
+    """Every loss of a run's history.csv against the iteration (log scale)."""
+    df = pd.read_csv(history) if not isinstance(history, pd.DataFrame) else history
+    losses = [c for c in df.columns if c.startswith("loss")]
+    long = df.melt(id_vars="iteration", value_vars=losses, var_name="loss", value_name="value")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    sns.lineplot(long, x="iteration", y="value", hue="loss", ax=ax)
+    ax.set_yscale("log")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def convergence(summary: dict[str, Any], metric: str = "bbox/AP") -> plt.Figure:
+    """Figure 2: AP against fine-tuning epochs, one line per initialization."""
+    rows = [{"init": init, "epochs": float(ep), "AP": 100 * m[metric]}
+            for init, points in summary["convergence"].items() for ep, m in points.items()
+            if m.get(metric) is not None]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    sns.lineplot(pd.DataFrame(rows), x="epochs", y="AP", hue="init", hue_order=_present(rows), marker="o", ax=ax)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("fine-tuning epochs")
+    ax.set_ylabel(f"{metric} ×100")
+    fig.tight_layout()
+    return fig
+
+
+def pretrain_length(summary: dict[str, Any], metric: str = "bbox/AP") -> plt.Figure:
+    """Figure 3: AP against the MAE pre-training length."""
+    rows = [{"steps": float(k), "AP": 100 * m[metric]} for k, m in summary["pretrain_length"].items()]
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    sns.lineplot(pd.DataFrame(rows), x="steps", y="AP", marker="o", ax=ax)
+    ax.set_xlabel("MAE pre-training length (steps)")
+    ax.set_ylabel(f"{metric} ×100")
+    fig.tight_layout()
+    return fig
+
+
+def tide(summary: dict[str, Any]) -> plt.Figure:
+    """Figure 4: ΔAP box (IoU 0.5) per TIDE error type, bars per initialization."""
+    rows = [{"init": init, "error": err, "dAP": v} for init, errs in summary["tide"].items()
+            for err, v in errs.items() if not err.endswith("_std")]
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    sns.barplot(pd.DataFrame(rows), x="error", y="dAP", hue="init", hue_order=_present(rows), ax=ax)
+    ax.set_ylabel("ΔAP box @ IoU 0.5")
+    fig.tight_layout()
+    return fig
+
+
+def main_results(summary: dict[str, Any]) -> plt.Figure:
+    """Table 1 as bars: AP box and AP mask per initialization, error bars = std over seeds."""
+    inits = [i for i in INIT_ORDER if i in summary["main"]]
+    x = np.arange(len(inits))
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    colors = sns.color_palette(n_colors=2)
+    for j, key in enumerate(("bbox/AP", "segm/AP")):
+        m = [summary["main"][i] for i in inits]
+        ax.bar(x + (j - 0.5) * 0.38, [100 * r[key] for r in m], 0.38, yerr=[100 * r.get(f"{key}_std", 0.0) for r in m],
+               label=key, color=colors[j], capsize=2)
+    ax.set_xticks(x, inits)
+    ax.set_ylabel("AP ×100 (mean over seeds)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _present(rows: list[dict]) -> list[str]:
+    inits = {r["init"] for r in rows}
+    return [i for i in INIT_ORDER if i in inits]

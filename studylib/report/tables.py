@@ -1,0 +1,133 @@
+"""The study's tables from results/summary.json, as pandas frames written to markdown and CSV.
+
+    frames = tables(summary)             # {"table1_main": DataFrame, ...}
+    write(frames, "results")             # results/<name>.md and results/<name>.csv
+
+AP values are shown ×100 with one decimal (± std over seeds where there are several); the paper's
+published numbers (published.yaml) stand in a column beside ours. The README includes the .md files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+PUBLISHED = Path(__file__).with_name("published.yaml")
+INIT_ORDER = ("random", "supervised", "mocov3", "beit", "mae")
+
+
+def published() -> dict[str, Any]:
+    return yaml.safe_load(PUBLISHED.read_text())
+
+
+def ap(m: dict[str, Any], key: str) -> str:
+    """AP ×100 with one decimal, `± std` when several seeds; 'OOM' for an out-of-memory run."""
+    if m.get("status") == "oom":
+        return "OOM"
+    v = m.get(key)
+    if v is None:
+        return "–"
+    std = m.get(f"{key}_std")
+    return f"{100 * v:.1f} ± {100 * std:.1f}" if std and m.get("n_seeds", 1) > 1 else f"{100 * v:.1f}"
+
+
+def num(v: Any, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}g}"
+
+
+def paper(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, list):
+        return " / ".join(paper(v) for v in value)
+    return str(value)
+
+
+def main_table(summary: dict[str, Any], pub: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for init in [i for i in INIT_ORDER if i in summary["main"]]:
+        m = summary["main"][init]
+        rows.append({"init": init, "epochs": m.get("epochs"), "seeds": m.get("n_seeds"), "AP box": ap(m, "bbox/AP"),
+                     "AP mask": ap(m, "segm/AP"), "AP50 box": ap(m, "bbox/AP50"),
+                     "paper ViT-B (box / mask)": paper(pub["main"].get(init, {}).get("vit_base")),
+                     "paper ViT-L (box / mask)": paper(pub["main"].get(init, {}).get("vit_large"))})
+    return pd.DataFrame(rows)
+
+
+def convergence_table(summary: dict[str, Any], pub: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for init, points in summary["convergence"].items():
+        for epochs, m in points.items():
+            rows.append({"init": init, "epochs": float(epochs), "AP box": ap(m, "bbox/AP"), "AP mask": ap(m, "segm/AP")})
+    rows.sort(key=lambda r: (INIT_ORDER.index(r["init"]), r["epochs"]))
+    for init, points in pub["convergence"].items():
+        for epochs, v in points.items():
+            rows.append({"init": f"{init} (paper, ViT-B)", "epochs": float(epochs), "AP box": paper(v[0]),
+                         "AP mask": paper(v[1])})
+    return pd.DataFrame(rows)
+
+
+def ablation_table(rows: dict[str, dict[str, Any]], fields: tuple[str, ...]) -> pd.DataFrame:
+    out = []
+    for name, m in rows.items():
+        out.append({"run": name, **{f: m.get(f) for f in fields}, "AP box": ap(m, "bbox/AP"),
+                    "AP mask": ap(m, "segm/AP"), "train time (s)": num(m.get("train/time_s")),
+                    "time / iter (s)": num(m.get("train/iter_time_s")),
+                    "peak train mem (GB)": num(m.get("train/peak_mem_gb")),
+                    "infer time / image (s)": num(m.get("infer/time_per_image_s"))})
+    return pd.DataFrame(out)
+
+
+def pretrain_length_table(summary: dict[str, Any], pub: dict[str, Any]) -> pd.DataFrame:
+    rows = [{"MAE pre-training": f"{k} steps" if k != "release" else "release file", "AP box": ap(m, "bbox/AP"),
+             "AP mask": ap(m, "segm/AP")} for k, m in summary["pretrain_length"].items()]
+    rows += [{"MAE pre-training": f"{k} epochs (paper, ViT-L)", "AP box": paper(v), "AP mask": "–"}
+             for k, v in pub["pretrain_length"].items()]
+    return pd.DataFrame(rows)
+
+
+def tide_table(summary: dict[str, Any]) -> pd.DataFrame:
+    rows = [{"init": init, **{e: f"{t[e]:.2f}" for e in ("cls", "loc", "both", "dupe", "bkg", "miss") if e in t}}
+            for init, t in summary["tide"].items()]
+    return pd.DataFrame(rows)
+
+
+def complexity_table(summary: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for name, c in summary["complexity"].items():
+        rows.append({"experiment": name, "backbone": c["backbone"], "input": f"{c['img_size']}²",
+                     "params (M)": f"{c['params_m']:.1f}",
+                     "GFLOPs (mult-add = 2)": f"{c['gflops']:.1f} ± {c['gflops_std']:.1f}",
+                     "activations (M)": f"{c['activations_m']:.1f} ± {c['activations_m_std']:.1f}",
+                     "fps": f"{c['fps']:.2f}", "device": c["device"],
+                     "AP box": "no run" if c.get("bbox/AP") is None else f"{100 * c['bbox/AP']:.1f}"})
+    return pd.DataFrame(rows)
+
+
+def tables(summary: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """Every table of the report, keyed by its file name."""
+    pub = published()
+    return {
+        "table1_main": main_table(summary, pub),
+        "figure2_convergence": convergence_table(summary, pub),
+        "table2_multiscale": ablation_table(summary["multiscale"], ("adaptor",)),
+        "table3_attention": ablation_table(summary["attention"], ("attention", "checkpointing")),
+        "table4_positional": ablation_table(summary["positional"], ("init", "abs_pos", "rel_pos")),
+        "figure3_pretrain_length": pretrain_length_table(summary, pub),
+        "figure4_tide": tide_table(summary),
+        "table5_complexity": complexity_table(summary),
+    }
+
+
+def write(frames: dict[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
+    """<name>.md (GitHub markdown) and <name>.csv for each frame; returns the paths written."""
+    from ..io import atomic_write_text
+
+    out_dir = Path(out_dir)
+    paths = []
+    for name, df in frames.items():
+        paths.append(atomic_write_text(out_dir / f"{name}.md", df.to_markdown(index=False) + "\n"))
+        paths.append(atomic_write_text(out_dir / f"{name}.csv", df.to_csv(index=False, lineterminator="\n")))
+    return paths
