@@ -186,7 +186,7 @@ NOTEBOOKS["complexity"] = [
 NOTEBOOKS["report"] = [
     ("md", "# Report\nEvery table (markdown + CSV) and figure (PNG) of the study from the runs' files, "
            "beside the paper's published numbers; `results/summary.json` holds every number."),
-    ("code", "import json\nfrom pathlib import Path\n\nimport matplotlib.pyplot as plt\nfrom IPython.display import Markdown, display\n\n"
+    ("code", "import json\nfrom pathlib import Path\n\nimport matplotlib.pyplot as plt\nfrom IPython.display import Image, Markdown, display\n\n"
              "from studylib import config\nfrom studylib.data import CocoInstances\nfrom studylib.engine.build import data_paths\n"
              "from studylib.report import collect, figures, study, tables"),
     ("parameters", 'params_file = "params.yaml"\nout_dir = "results"\nnum_images = 4'),
@@ -218,7 +218,7 @@ NOTEBOOKS["report"] = [
              'fig = figures.image_grid(pictures, rows, [f"image {t[\'image_id\']}" for _, t in samples])\n'
              'figures.save(fig, figs / "predictions.png")'),
     ("code", 'for png in sorted(figs.glob("*.png")):\n'
-             "    display(Markdown(f\"![{png.stem}]({png})\"))"),
+             '    display(Markdown(f"### {png.stem}"), Image(filename=str(png)))'),
 ]
 
 

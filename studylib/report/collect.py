@@ -39,8 +39,8 @@ def read_run(root: Path, run: study.Run) -> dict[str, Any]:
     metrics = read_json(d / "metrics.json")
     status = metrics.get("status", "ok")
     out: dict[str, Any] = {"status": status, "run": run.out_dir, "experiment": run.experiment, "init": run.init}
-    if status == "ok":
-        out.update({k: metrics[k] for k in REPORTED if k in metrics})
+    if status == "ok":  # NaN (e.g. no timed iteration in a very short run) is not JSON: null
+        out.update({k: None if metrics[k] != metrics[k] else metrics[k] for k in REPORTED if k in metrics})
         out["n_parameters"] = metrics.get("n_parameters")
     cfg = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else {}
     out["epochs"] = cfg.get("train", {}).get("epochs")
@@ -57,7 +57,7 @@ def mean_over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"n_seeds": len(rows)}
     for key in rows[0]:
         values = [r.get(key) for r in rows]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             out[key] = statistics.fmean(values)
             out[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
     return out

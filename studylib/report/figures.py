@@ -8,15 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
-from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 DPI = 100
 INIT_ORDER = ("random", "supervised", "mocov3", "beit", "mae")
@@ -24,9 +21,12 @@ sns.set_theme(context="paper", style="whitegrid")
 
 
 def save(fig: plt.Figure, path: str | Path) -> Path:
-    """Write `fig` as a PNG whose bytes depend only on its content, and close it."""
+    """Write `fig` as a PNG whose bytes depend only on its content (Agg, fixed dpi, no Software stamp), close it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)  # the same renderer whatever the session's backend (inline, Qt, ...)
     fig.savefig(path, dpi=DPI, metadata={"Software": None})
     plt.close(fig)
     return path

@@ -128,6 +128,7 @@ def write(frames: dict[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     paths = []
     for name, df in frames.items():
-        paths.append(atomic_write_text(out_dir / f"{name}.md", df.to_markdown(index=False) + "\n"))
+        md = df.to_markdown(index=False) if len(df) else "(no run of this kind in the study's params)"
+        paths.append(atomic_write_text(out_dir / f"{name}.md", md + "\n"))
         paths.append(atomic_write_text(out_dir / f"{name}.csv", df.to_csv(index=False, lineterminator="\n")))
     return paths
