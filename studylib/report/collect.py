@@ -60,6 +60,8 @@ def mean_over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             out[key] = statistics.fmean(values)
             out[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+        elif key in REPORTED and any(v is None for v in values):
+            out[key] = None  # not measured in some seed (e.g. NaN iteration time of a very short run)
     return out
 
 
@@ -142,8 +144,11 @@ def collect(params: str | Path | dict, root: str | Path = ".") -> dict[str, Any]
     complexity = {}
     for name in s["complexity"]["experiments"]:
         c = read_json(root / study.RUN_DIRS["complexity"] / f"{name}.json")
-        ap = [m for r, m in (*by["main"].values(), *by["ablations"].values())
-              if r.experiment == name and m["status"] == "ok"]
+        runs = [(r, m) for r, m in (*by["main"].values(), *by["ablations"].values())
+                if r.experiment == name and m["status"] == "ok"]
+        init = "mae" if any(r.init == "mae" for r, _ in runs) else (runs[0][0].init if runs else None)
+        ap = [m for r, m in runs if r.init == init]  # the paper's Table 5: ViTs with MAE, CNNs from scratch
+        c["init"] = init
         c["bbox/AP"] = statistics.fmean(m["bbox/AP"] for m in ap) if ap else None
         c["segm/AP"] = statistics.fmean(m["segm/AP"] for m in ap) if ap else None
         complexity[name] = c

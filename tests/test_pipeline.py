@@ -1,0 +1,136 @@
+"""The study pipeline: notebook hygiene, dvc.yaml against the study plan, bad params failing fast, and
+(slow) the whole DAG under the micro profile in a fresh clone, twice: the second `dvc repro` runs nothing."""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from studylib.report import collect, study
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+def stages(root: Path) -> dict[str, tuple[str, list[str]]]:
+    """dvc.yaml's expanded stages: name -> (command, output paths)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return {s.addressing: (s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd), [o.def_path for o in s.outs])
+                for s in repo.index.stages}
+
+
+def test_notebooks_exist() -> None:
+    assert {p.stem for p in NOTEBOOKS} == {"data", "pretrain", "finetune", "complexity", "report"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_hygiene(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: committed with outputs"
+        tree = ast.parse(cell.source)
+        assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Lambda))], \
+            f"{path.name}: notebooks are thin (no def / class / lambda)"
+
+
+def test_notebooks_match_their_builder() -> None:
+    spec = importlib.util.spec_from_file_location("build_notebooks", REPO / "tools" / "build_notebooks.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    for name, cells in builder.NOTEBOOKS.items():
+        built = nbformat.writes(builder.build(name, cells)) + "\n"
+        assert (REPO / "notebooks" / f"{name}.ipynb").read_text() == built, f"rerun tools/build_notebooks.py ({name})"
+
+
+def test_dvc_stages_match_the_study_plan() -> None:
+    found = stages(REPO)
+    for name, (cmd, _) in found.items():
+        if "papermill" in cmd:
+            assert "-k python3" in cmd, name
+    outs = {o for _, os_ in found.values() for o in os_}
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for family, runs in study.runs(params).items():
+        for run in runs:
+            assert run.out_dir in outs, f"{family}: {run.out_dir} is not a dvc.yaml output"
+    for name in params["study"]["complexity"]["experiments"]:
+        assert f"runs/complexity/{name}.json" in outs
+    for kind in params["study"]["inits"]:
+        assert f"inits/{kind}" in outs
+    assert {"results/tables", "results/figures", "data/synthetic"} <= outs
+
+
+def test_check_names_a_misspelt_experiment(tmp_path: Path) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["study"]["ablations"]["attn_window_only"]["experiment"] = "attn_windowonly"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    r = subprocess.run([sys.executable, "-m", "studylib.report.study", "check", "--params", str(tmp_path / "params.yaml"),
+                        "--out", str(tmp_path / "ok.txt")], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2
+    assert "'attn_windowonly' is not an experiment" in r.stderr and "attn_window_only" in r.stderr
+    assert not (tmp_path / "ok.txt").exists()
+
+
+def test_finetune_notebook_fails_fast_on_unknown_experiment(tmp_path: Path) -> None:
+    out = tmp_path / "nb.ipynb"
+    r = subprocess.run(["papermill", "-k", "python3", "--no-progress-bar", str(REPO / "notebooks/finetune.ipynb"), str(out),
+                        "-p", "experiment", "attn_golbal", "-p", "init", "mae", "-p", "out_dir", str(tmp_path / "run")],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode != 0
+    assert "unknown experiment 'attn_golbal'" in r.stderr and "attn_global" in r.stderr
+    assert not (tmp_path / "run").exists()  # nothing started
+
+
+def fresh_clone(dst: Path) -> Path:
+    """The repository's tracked files (as in the working tree) in a new git repository."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+    for f in filter(None, files):
+        src = REPO / f.decode()
+        if src.is_file():
+            (dst / f.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / f.decode())
+    git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dst, check=True)
+    subprocess.run([*git, "commit", "-qm", "clone"], cwd=dst, check=True)
+    return dst
+
+
+@pytest.mark.slow
+def test_micro_dag_runs_every_stage_then_nothing(tmp_path: Path) -> None:
+    root = fresh_clone(tmp_path / "repo")
+    run = lambda *cmd: subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)  # noqa: E731
+    r = run(sys.executable, "-m", "studylib.profile", "micro")
+    assert r.returncode == 0, r.stderr
+    r = run("dvc", "repro")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    declared = stages(root)
+    for name, (_, outs) in declared.items():
+        assert f"Running stage '{name}'" in r.stdout, f"{name} did not run"
+        for out in outs:
+            assert (root / out).exists(), f"{name}: {out} missing"
+    summary = json.loads((root / "results/summary.json").read_text())
+    for key in collect.KEYS:
+        assert summary[key], f"summary.json: {key} empty"
+    assert set(summary["main"]) == {"random", "supervised", "mocov3", "beit", "mae"}
+    assert all("bbox/AP" in m and "bbox/AP_std" in m for m in summary["main"].values())
+    assert len(list((root / "results/figures").glob("*.png"))) >= 5
+    again = run("dvc", "repro")
+    assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
+    status = run("dvc", "status")
+    assert "up to date" in status.stdout, status.stdout
