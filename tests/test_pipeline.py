@@ -25,7 +25,7 @@ def stages(root: Path) -> dict[str, tuple[str, list[str]]]:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        return {s.addressing: (s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd), [o.def_path for o in s.outs])
+        return {s.name: (s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd), [o.def_path for o in s.outs])
                 for s in repo.index.stages}
 
 
