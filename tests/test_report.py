@@ -39,6 +39,8 @@ def fake_run(root: Path, run: study.Run, ap: float, epochs: float, status: str =
     rules = {"beit": ("rand", "pt")}.get(run.init, ("pt", "zero"))
     (d / "load_report.json").write_text(json.dumps({"abs_pos": rules[0], "rel_pos": rules[1]}))
     (d / "tide.json").write_text(json.dumps({e: ap for e in collect.TIDE_ERRORS}))
+    (d / "history.csv").write_text("iteration,loss,loss_mask,lr\n" + "".join(
+        f"{i},{3 / i + ap},{1 / i},0.001\n" for i in range(1, 6)))
 
 
 def fake_study(root: Path, params: dict, oom: str | None = None) -> dict[str, float]:
@@ -114,6 +116,10 @@ def test_figures_have_stable_bytes(tmp_path: Path, micro_params: dict) -> None:
         b = figures.save(getattr(figures, name)(summary), tmp_path / f"b_{name}.png").read_bytes()
         assert a == b, name
         assert a[:8] == b"\x89PNG\r\n\x1a\n" and b"Software" not in a
+    histories = {r.init: tmp_path / r.out_dir / "history.csv" for r in study.runs(micro_params)["main"]}
+    a = figures.save(figures.training_curves(histories), tmp_path / "a.png").read_bytes()
+    assert a == figures.save(figures.training_curves(histories), tmp_path / "b.png").read_bytes()
+    assert figures.save(figures.loss_curves(next(iter(histories.values()))), tmp_path / "c.png").stat().st_size > 0
 
 
 def test_published_numbers_name_their_sources() -> None:

@@ -201,9 +201,11 @@ NOTEBOOKS["report"] = [
              'figures.save(figures.convergence(summary), figs / "figure2_convergence.png")\n'
              'figures.save(figures.pretrain_length(summary), figs / "figure3_pretrain_length.png")\n'
              'figures.save(figures.tide(summary), figs / "figure4_tide.png")\n'
+             's = study.study(params_file)\n'
+             'first = {i: f"runs/main/{i}-{s[\'sizes\'][0]}-s{s[\'seeds\'][0]}/history.csv" for i in s["inits"]}\n'
+             'figures.save(figures.training_curves(first), figs / "training_curves.png")\n'
              "sorted(p.name for p in figs.glob(\"*.png\"))"),
-    ("code", "s = study.study(params_file)\n"
-             'cfg = config.load(params_file, "baseline")\npaths = data_paths(cfg)\n'
+    ("code", 'cfg = config.load(params_file, "baseline")\npaths = data_paths(cfg)\n'
              'val = CocoInstances(paths["val_ann"], paths["val_images"])\n'
              "names = {cat: val.coco.cats[cat][\"name\"] for cat in val.coco.cats}\n"
              "samples = [val[i] for i in range(min(num_images, len(val)))]\n"

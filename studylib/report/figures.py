@@ -100,6 +100,21 @@ def loss_curves(history: str | Path | pd.DataFrame, title: str = "") -> plt.Figu
     return fig
 
 
+def training_curves(histories: dict[str, str | Path]) -> plt.Figure:
+    """Total training loss against the iteration, one line per initialization (each run's history.csv).
+
+    The same curves dvclive logs for `dvc plots`; drawn here so the report needs no CDN-loaded Vega.
+    """
+    frames = [pd.read_csv(path).assign(init=init) for init, path in histories.items()]
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    df = pd.concat(frames)
+    sns.lineplot(df, x="iteration", y="loss", hue="init", hue_order=_present(df.to_dict("records")), ax=ax)
+    ax.set_yscale("log")
+    ax.set_ylabel("training loss")
+    fig.tight_layout()
+    return fig
+
+
 def convergence(summary: dict[str, Any], metric: str = "bbox/AP") -> plt.Figure:
     """Figure 2: AP against fine-tuning epochs, one line per initialization."""
     rows = [{"init": init, "epochs": float(ep), "AP": 100 * m[metric]}
