@@ -5,8 +5,7 @@ Three kinds (`build_adaptor(vit, kind=...)`):
 * ``"multiscale"`` (the paper, §2.1, after XCiT): the outputs of the blocks at each d/4 interval
   are rescaled x4 (2x2 stride-2 deconv -> GroupNorm -> GELU -> 2x2 stride-2 deconv), x2 (one deconv),
   x1 (identity) and x0.5 (2x2 max-pool), keeping the ViT width, then go through a standard FPN
-  (top-down path, `LastLevelMaxPool` for the extra 'pool' level). The output strides are always
-  4, 8, 16, 32 (+64): with patch 8 the modules become x2, x1, x0.5, x0.25.
+  (top-down path, `LastLevelMaxPool` for the extra 'pool' level).
 * ``"single"`` (the paper's Table 2 ablation): only the last block's map at stride p (16 at patch 16);
   an FPN with one level and no extra level, so RPN and RoIAlign both run on it.
 * ``"simple"`` (beyond the paper: ViTDet's simple feature pyramid): the four scales are built from the
@@ -14,7 +13,7 @@ Three kinds (`build_adaptor(vit, kind=...)`):
 
 Every adaptor meets torchvision's backbone contract (`out_channels`, `forward(images) -> OrderedDict`)
 and adds `featmap_names` (the levels for RoIAlign), `strides` (name -> stride in pixels) and `vit`.
-Strides are 4, 8, 16, 32, 64 for the multi-scale adaptor; p/4, p/2, p, 2p, 4p for the simple pyramid.
+Strides are p/4, p/2, p, 2p (+4p for 'pool'): 4, 8, 16, 32, 64 at the paper's patch size 16.
 
 Norms: "bn" (the paper's SyncBN; the trainer converts with `nn.SyncBatchNorm.convert_sync_batchnorm`
 when distributed), "syncbn" (built directly), "gn" (GroupNorm, see `num_groups`) or "none".
@@ -65,49 +64,29 @@ def _deconv(in_ch: int, out_ch: int) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2)
 
 
-PYRAMID_STRIDES = (4, 8, 16, 32)  # the FPN levels P2-P5 of Mask R-CNN (P6 = 'pool' at 64)
-
-
-def rescale(C: int, factor: float) -> nn.Module:
-    """The paper's resolution modules, by factor: x4, x2, x1, x0.5 (and x0.25 for patch 8)."""
-    if factor == 4:
-        return nn.Sequential(_deconv(C, C), group_norm(C), nn.GELU(), _deconv(C, C))
-    if factor == 2:
-        return _deconv(C, C)  # "without normalization and non-linearity"
-    if factor == 1:
-        return nn.Identity()
-    if factor in (0.5, 0.25):
-        k = int(1 / factor)
-        return nn.MaxPool2d(kernel_size=k, stride=k)
-    raise ValueError(f"no adaptor module rescales by x{factor}: allowed x4, x2, x1, x0.5, x0.25")
-
-
 class MultiScaleAdaptor(nn.Module):
-    """The paper's adaptor: the four d/4 block outputs rescaled to strides 4/8/16/32, then an FPN.
-
-    At the paper's patch 16 the modules are x4 / x2 / x1 / x0.5. A smaller patch keeps the same
-    pyramid strides (patch 8: x2 / x1 / x0.5 / x0.25), so the FPN and heads see what they see at
-    paper scale and no level finer than stride 4 is computed.
-    """
+    """The paper's adaptor: x4 / x2 / x1 / x0.5 on the four d/4 block outputs, then an FPN."""
 
     def __init__(self, vit: ViT, out_channels: int = 256, norm: str = "bn"):
         super().__init__()
         C, p = vit.embed_dim, vit.patch_size
         if len(vit.out_indices) != 4:
             raise ValueError(f"the multi-scale adaptor needs 4 ViT outputs, got out_indices={vit.out_indices}")
-        if p not in (8, 16):
-            raise ValueError(f"the multi-scale adaptor supports patch_size 8 or 16, got {p}")
         self.vit = vit
-        self.rescales = nn.ModuleList(rescale(C, p / s) for s in PYRAMID_STRIDES)
+        self.scale4 = nn.Sequential(_deconv(C, C), group_norm(C), nn.GELU(), _deconv(C, C))
+        self.scale2 = _deconv(C, C)  # "without normalization and non-linearity"
+        self.scale1 = nn.Identity()
+        self.scale05 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.fpn = FeaturePyramidNetwork([C] * 4, out_channels, extra_blocks=LastLevelMaxPool(),
                                          norm_layer=make_norm_layer(norm))
         self.out_channels = out_channels
         self.featmap_names = ["0", "1", "2", "3"]
-        self.strides = {**{str(i): s for i, s in enumerate(PYRAMID_STRIDES)}, "pool": 2 * PYRAMID_STRIDES[-1]}
+        self.strides = {"0": p // 4, "1": p // 2, "2": p, "3": 2 * p, "pool": 4 * p}
 
     def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         maps = self.vit(images)
-        return self.fpn(OrderedDict((str(i), m(x)) for i, (m, x) in enumerate(zip(self.rescales, maps))))
+        scales = (self.scale4, self.scale2, self.scale1, self.scale05)
+        return self.fpn(OrderedDict((str(i), m(x)) for i, (m, x) in enumerate(zip(scales, maps))))
 
 
 class SingleScaleAdaptor(nn.Module):
