@@ -12,11 +12,9 @@ atomically every `checkpoint_every` steps, removed when the run completes).
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
+from ..io import atomic_torch_save
 from .config import PretrainConfig
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -112,20 +111,8 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
 
 # -- files ---------------------------------------------------------------------------------------
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save that never leaves a half-written file (studylib.io)."""
+    atomic_torch_save(path, obj)
 
 
 @dataclass(frozen=True)
