@@ -171,7 +171,7 @@ def build(cfg: PretrainConfig, image_dir: str | Path, ann_file: str | Path | Non
     view = view_transform(cfg)
     dataset = ImageFolder(image_dir, MaskedView(view, grid, round(cfg.mask_ratio * grid * grid), cfg.min_mask_patches))
     extra: dict = {"mask_ratio": cfg.mask_ratio, "num_tokens": cfg.num_tokens,
-                   "tokenizer": f"k-means codebook over per-patch normalized pixels (substitutes the DALL-E dVAE)"}
+                   "tokenizer": "k-means codebook over per-patch normalized pixels (substitutes the DALL-E dVAE)"}
 
     def prepare() -> None:
         with torch.random.fork_rng():
