@@ -40,3 +40,22 @@ def atomic_torch_save(path: str | Path, obj: Any) -> Path:
     import torch
 
     return _atomic(path, lambda f: torch.save(obj, f))
+
+
+def exclusive_lock(path: str | Path):
+    """Hold an advisory lock on `path` for as long as the returned file stays open.
+
+    Two runs writing one output folder would corrupt each other's files; the operating system
+    releases the lock when the process dies, so a killed run never blocks its own resume.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RuntimeError(f"{path.parent} is being written by another run (it holds {path.name})") from None
+    return handle

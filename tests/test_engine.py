@@ -240,3 +240,13 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     assert state["iteration"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert not (out / "metrics.json").exists()
+
+
+def test_an_output_folder_takes_one_writer_at_a_time(tmp_path):
+    from studylib.io import exclusive_lock
+
+    held = exclusive_lock(tmp_path / "run" / ".run.lock")
+    with pytest.raises(RuntimeError, match="being written by another run"):
+        exclusive_lock(tmp_path / "run" / ".run.lock")
+    held.close()  # released: a resumed run may take it
+    exclusive_lock(tmp_path / "run" / ".run.lock").close()

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import ExperimentConfig
-from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
+from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, exclusive_lock
 from .build import base_dataset, build_datasets, build_model
 from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, unwrap
 from .distributed import (DistInfo, ShardedBatchSampler, barrier, convert_sync_batchnorm, per_process_batch,
@@ -145,7 +145,7 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, dist_info: DistInfo, resum
     device, main = dist_info.device, dist_info.is_main
     tc = cfg.train
     if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = exclusive_lock(out_dir / ".run.lock")  # one writer per output folder
         cfg.save(out_dir / "config.yaml")
         (out_dir / "metrics.json").unlink(missing_ok=True)  # metrics.json marks a complete run
     if tc.threads is not None and device.type == "cpu":
@@ -275,6 +275,8 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, dist_info: DistInfo, resum
         })
         history.close()
         atomic_write_json(out_dir / "metrics.json", metrics)  # last: marks the run complete
+        (out_dir / ".run.lock").unlink(missing_ok=True)
+        lock.close()
     barrier()
     if dist_info.distributed:
         box = [metrics]
