@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,6 +17,8 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import torch
 from torchvision.ops import box_convert
+
+from ..io import atomic_write_text
 
 _OUTPUT_KEYS = ("boxes", "labels", "scores", "masks")
 
@@ -86,16 +87,5 @@ def predictions_to_results(
 
 
 def save_results(path: str | os.PathLike, results: list[dict]) -> Path:
-    """Write a COCO results list as JSON atomically (temporary file in the same folder + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(results, f)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a COCO results list as JSON atomically (studylib.io)."""
+    return atomic_write_text(path, json.dumps(results))

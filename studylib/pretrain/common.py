@@ -12,9 +12,9 @@ atomically every `checkpoint_every` steps, removed when the run completes).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
-from ..io import atomic_torch_save
+from ..io import atomic_torch_save, atomic_write_text
 from .config import PretrainConfig
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -133,13 +133,11 @@ class RunPaths:
 
 
 def write_loss_log(path: Path, history: Sequence[tuple[int, float, float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "loss", "lr"])
-        w.writerows((s, f"{loss:.6g}", f"{lr:.6g}") for s, loss, lr in history)
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["step", "loss", "lr"])
+    w.writerows((s, f"{loss:.6g}", f"{lr:.6g}") for s, loss, lr in history)
+    atomic_write_text(path, buf.getvalue())
 
 
 # -- the loop ------------------------------------------------------------------------------------
