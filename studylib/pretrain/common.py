@@ -233,7 +233,7 @@ def train(task: Task, cfg: PretrainConfig, method: str, out_path: str | Path) ->
     else:
         summary["resume_state"] = str(paths.state)
     write_loss_log(paths.loss_log, history)
-    paths.summary.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(paths.summary, json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     return summary
 
 
