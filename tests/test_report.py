@@ -74,10 +74,13 @@ def test_collect_has_every_key_and_means_over_seeds(tmp_path: Path, micro_params
         assert m["n_seeds"] == 3
         assert m["bbox/AP_std"] == pytest.approx(0.02 * (2 / 3) ** 0.5)  # pstdev of {0, .02, .04}
         assert m["train/iter_time_s"] is None  # NaN in metrics.json
-    # convergence: main's 1x point (epochs of the first seed's run) plus each schedule
+    # convergence: main's 1x point (its mean over the seeds, with the std) plus each schedule
     mae = summary["convergence"]["mae"]
     base = params["study"]["epochs"]["pretrained"]
     assert set(mae) == {str(float(base)), *(str(float(base * x)) for x in params["study"]["convergence"]["schedules"])}
+    one_x = mae[str(float(base))]
+    assert one_x["bbox/AP"] == pytest.approx(means["mae"]) and one_x["n_seeds"] == 3
+    assert one_x["bbox/AP_std"] == pytest.approx(summary["main"]["mae"]["bbox/AP_std"])
     assert summary["attention"]["attn_global_ckpt"]["status"] == "oom"
     assert summary["attention"]["mae/hybrid (default)"]["attention"] == "hybrid"
     assert summary["multiscale"]["adaptor_single"]["adaptor"] == "single"

@@ -98,17 +98,17 @@ def collect(params: str | Path | dict, root: str | Path = ".") -> dict[str, Any]
     summary["tide"] = {i: {e: t[e] for e in TIDE_ERRORS if e in t} | {f"{e}_std": t[f"{e}_std"] for e in TIDE_ERRORS
                                                                        if f"{e}_std" in t} for i, t in tide.items()}
 
-    # the seed-0 run of `main` at the first size: the 1x point and every ablation's default row
+    # the seed-0 run of `main` at the first size: every ablation's default row
     first_seed = s["seeds"][0]
 
     def default(init: str) -> dict[str, Any]:
         return next(m for r, m in by["main"].values()
                     if r.init == init and r.tags["size"] == size and r.seed == first_seed)
 
-    # Figure 2: {init: {epochs: metrics}}
+    # Figure 2: {init: {epochs: metrics}}; the 1x point is main's mean over seeds (with its std)
     conv: dict[str, dict[str, Any]] = {}
     for init in s["inits"]:
-        conv.setdefault(init, {})[str(default(init)["epochs"])] = _point(default(init))
+        conv.setdefault(init, {})[str(summary["main"][init]["epochs"])] = _point(summary["main"][init])
     for r, m in by["convergence"].values():
         conv.setdefault(r.init, {})[str(m["epochs"])] = _point(m)
     summary["convergence"] = {i: dict(sorted(pts.items(), key=lambda kv: float(kv[0]))) for i, pts in conv.items()}
@@ -157,7 +157,8 @@ def collect(params: str | Path | dict, root: str | Path = ".") -> dict[str, Any]
 
 
 def _point(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: m[k] for k in ("status", "bbox/AP", "segm/AP", "bbox/AP50", "segm/AP50", "epochs") if k in m}
+    keys = ("status", "bbox/AP", "segm/AP", "bbox/AP50", "segm/AP50", "epochs", "n_seeds")
+    return {k: m[k] for k in keys + tuple(f"{k}_std" for k in keys) if k in m}
 
 
 def _row(m: dict[str, Any], **fields: Any) -> dict[str, Any]:
