@@ -77,7 +77,8 @@ def test_collect_has_every_key_and_means_over_seeds(tmp_path: Path, micro_params
     # convergence: main's 1x point (its mean over the seeds, with the std) plus each schedule
     mae = summary["convergence"]["mae"]
     base = params["study"]["epochs"]["pretrained"]
-    assert set(mae) == {str(float(base)), *(str(float(base * x)) for x in params["study"]["convergence"]["schedules"])}
+    schedules = [c["schedule"] for c in params["study"]["convergence"].values() if c["init"] == "mae"]
+    assert schedules and set(mae) == {str(float(base)), *(str(float(base * x)) for x in schedules)}
     one_x = mae[str(float(base))]
     assert one_x["bbox/AP"] == pytest.approx(means["mae"]) and one_x["n_seeds"] == 3
     assert one_x["bbox/AP_std"] == pytest.approx(summary["main"]["mae"]["bbox/AP_std"])
@@ -144,6 +145,13 @@ def test_study_rejects_bad_names(micro_params: dict) -> None:
     bad = copy.deepcopy(micro_params)
     bad["study"]["seedz"] = [0]
     with pytest.raises(ValueError, match="study.seedz.*seeds"):
+        study.check(bad)
+    bad = copy.deepcopy(micro_params)
+    bad["study"]["convergence"]["x"] = {"init": "mea", "schedule": 2}
+    with pytest.raises(ValueError, match="study.convergence.x.init.*'mea'.*mae"):
+        study.check(bad)
+    bad["study"]["convergence"]["x"] = {"init": "mae", "schedule": -1}
+    with pytest.raises(ValueError, match="study.convergence.x = .*positive multiple"):
         study.check(bad)
     bad = copy.deepcopy(micro_params)
     bad["experiments"]["attn_global"]["model"]["attention"] = "globl"

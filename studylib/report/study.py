@@ -3,7 +3,7 @@
 dvc.yaml expands the same lists into stages; the names below are the folders those stages write:
 
     runs/main/<init>-<size>-s<seed>/         Table 1 (and TIDE, Figure 4), `size` an experiment name
-    runs/convergence/<init>-x<schedule>/     Figure 2 (`schedule` multiplies study.epochs)
+    runs/convergence/<name>/                 Figure 2 ({init, schedule} per name; `schedule` multiplies study.epochs)
     runs/ablations/<name>/                   Tables 2-4 ({experiment, init} per name)
     runs/pretrain_length/<name>/             Figure 3 (MAE pre-trained for `steps`, then fine-tuned as main)
     runs/complexity/<experiment>.json        Table 5
@@ -77,7 +77,12 @@ def study(params: str | Path | dict) -> dict:
     for k in ("pretrained", "random"):
         if not isinstance(s["epochs"].get(k), (int, float)) or s["epochs"][k] <= 0:
             raise ValueError(f"params: study.epochs.{k} = {s['epochs'].get(k)!r} must be a positive number")
-    inits(s["convergence"]["inits"], "study.convergence.inits")
+    for name, item in (s["convergence"] or {}).items():
+        if not isinstance(item, dict) or set(item) != {"init", "schedule"} or not isinstance(
+                item["schedule"], (int, float)) or isinstance(item["schedule"], bool) or item["schedule"] <= 0:
+            raise ValueError(f"params: study.convergence.{name} = {item!r}: expected {{init: <init>, "
+                             f"schedule: a positive multiple of study.epochs}}")
+        inits([item["init"]], f"study.convergence.{name}.init")
     for name, item in (s["ablations"] or {}).items():
         if set(item) != {"experiment", "init"}:
             raise ValueError(f"params: study.ablations.{name} must have exactly the keys experiment, init")
@@ -111,10 +116,8 @@ def runs(params: str | Path | dict) -> dict[str, list[Run]]:
         for size in s["sizes"]:
             for seed in s["seeds"]:
                 out["main"].append(Run("main", f"{init}-{size}-s{seed}", size, init, seed, tags={"size": size}))
-    for init in s["convergence"]["inits"]:
-        for schedule in s["convergence"]["schedules"]:
-            out["convergence"].append(Run("convergence", f"{init}-x{fmt(schedule)}", "main", init, None,
-                                          float(schedule)))
+    for name, item in (s["convergence"] or {}).items():
+        out["convergence"].append(Run("convergence", name, "main", item["init"], None, float(item["schedule"])))
     for name, item in (s["ablations"] or {}).items():
         out["ablations"].append(Run("ablations", name, item["experiment"], item["init"]))
     for name, item in (s["pretrain_lengths"] or {}).items():
