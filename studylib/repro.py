@@ -62,7 +62,7 @@ def plan(root: str | Path = ".", targets: list[str] | None = None) -> Plan:
 
 
 def run(root: str | Path = ".", jobs: int = 2, targets: list[str] | None = None, force: bool = False,
-        dvc: str = "dvc", log=print) -> int:
+        dvc: str = "dvc", log=lambda msg: print(msg, flush=True)) -> int:
     """Reproduce the stages of `plan(root, targets)` with up to `jobs` at once; 0 when all succeed."""
     if jobs < 1:
         raise ValueError(f"--jobs = {jobs} must be >= 1")
