@@ -62,8 +62,11 @@ def plan(root: str | Path = ".", targets: list[str] | None = None) -> Plan:
 
 
 def run(root: str | Path = ".", jobs: int = 2, targets: list[str] | None = None, force: bool = False,
-        dvc: str = "dvc", log=lambda msg: print(msg, flush=True)) -> int:
-    """Reproduce the stages of `plan(root, targets)` with up to `jobs` at once; 0 when all succeed."""
+        dvc: str = "dvc", log=lambda msg: print(msg, flush=True), timings: str | Path | None = None) -> int:
+    """Reproduce the stages of `plan(root, targets)` with up to `jobs` at once; 0 when all succeed.
+
+    `timings`: a JSON file written at the end, {"jobs", "wall_s", "stages": {name: {start_s, end_s, rc}}}
+    (seconds from the start; benchmarks/study.py reads it)."""
     if jobs < 1:
         raise ValueError(f"--jobs = {jobs} must be >= 1")
     p = plan(root, targets)
@@ -72,6 +75,7 @@ def run(root: str | Path = ".", jobs: int = 2, targets: list[str] | None = None,
     running: dict[str, subprocess.Popen] = {}
     pending = list(p.order)
     started = time.time()
+    spans: dict[str, dict[str, float]] = {}
     while pending or running:
         while not failed and len(running) < jobs:
             ready = next((a for a in pending if p.needs[a] <= done), None)
@@ -81,6 +85,7 @@ def run(root: str | Path = ".", jobs: int = 2, targets: list[str] | None = None,
             cmd = [dvc, "--wait-for-lock", "repro", "--single-item", ready] + (["--force"] if force else [])
             log(f"[repro] start {ready}  ({len(done)}/{len(p.order)} done, {time.time() - started:.0f}s)")
             running[ready] = subprocess.Popen(cmd, cwd=str(root))
+            spans[ready] = {"start_s": time.time() - started}
         if failed and not running:
             break
         time.sleep(0.2)
@@ -88,12 +93,17 @@ def run(root: str | Path = ".", jobs: int = 2, targets: list[str] | None = None,
             if proc.poll() is None:
                 continue
             del running[name]
+            spans[name].update(end_s=time.time() - started, rc=proc.returncode)
             if proc.returncode == 0:
                 done.add(name)
                 log(f"[repro] done  {name}  ({time.time() - started:.0f}s)")
             else:
                 failed.append(name)
                 log(f"[repro] FAILED {name} (exit {proc.returncode}); waiting for {len(running)} running stage(s)")
+    if timings is not None:
+        from .io import atomic_write_json
+
+        atomic_write_json(timings, {"jobs": jobs, "wall_s": time.time() - started, "stages": spans})
     if failed:
         skipped = [a for a in p.order if a not in done and a not in failed]
         log(f"[repro] failed: {', '.join(failed)}; not run: {len(skipped)} stage(s)")
@@ -109,9 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", "-j", type=int, default=2, help="stages run at once (default 2)")
     ap.add_argument("--force", "-f", action="store_true", help="re-run stages even when up to date")
     ap.add_argument("--root", default=".", help="the DVC project (default: the current folder)")
+    ap.add_argument("--timings", help="write each stage's start and end (JSON) to this file")
     a = ap.parse_args(argv)
     try:
-        return run(a.root, a.jobs, a.targets or None, a.force)
+        return run(a.root, a.jobs, a.targets or None, a.force, timings=a.timings)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """`python -m studylib.repro`: independent DVC stages side by side, dependents after, failures stop it."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -57,8 +58,12 @@ def test_plan_follows_dvc_graph(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_independent_stages_overlap_and_dvc_records_all(tmp_path: Path) -> None:
     root = project(tmp_path / "p")
-    assert repro.run(root, jobs=2, log=lambda *_: None) == 0
+    assert repro.run(root, jobs=2, log=lambda *_: None, timings=tmp_path / "t.json") == 0
     a, b, c = span(root / "a.txt"), span(root / "b.txt"), span(root / "c.txt")
+    t = json.loads((tmp_path / "t.json").read_text())
+    assert t["jobs"] == 2 and set(t["stages"]) == {"a", "b", "c", "d"}
+    assert all(s["rc"] == 0 and 0 <= s["start_s"] < s["end_s"] <= t["wall_s"] for s in t["stages"].values())
+    assert t["stages"]["c"]["start_s"] >= max(t["stages"]["a"]["end_s"], t["stages"]["b"]["end_s"])
     assert a[0] < b[1] and b[0] < a[1], f"a {a} and b {b} did not run side by side"
     assert c[0] >= max(a[1], b[1]), "c started before its dependencies ended"
     status = subprocess.run(["dvc", "status"], cwd=root, capture_output=True, text=True)
