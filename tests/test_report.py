@@ -101,12 +101,18 @@ def test_collect_names_a_missing_run(tmp_path: Path, micro_params: dict) -> None
 
 
 def test_tables_show_oom_and_paper_columns(tmp_path: Path, micro_params: dict) -> None:
-    fake_study(tmp_path, micro_params, oom="attn_global_ckpt")
+    means = fake_study(tmp_path, micro_params, oom="attn_global_ckpt")
     frames = tables.tables(collect.collect(micro_params, tmp_path))
     att = frames["table3_attention"].set_index("run")
     assert att.loc["attn_global_ckpt", "AP box"] == "OOM"
     main = frames["table1_main"].set_index("init")
     assert main.loc["mae", "paper ViT-B (box / mask)"] == "50.3 / 44.9"
+    d = 100 * (means["mae"] - means["random"])
+    assert main.loc["mae", "box vs random"] == f"{d:+.1f} ({'beats' if d > 0 else 'does not beat'} random)"
+    assert main.loc["random", "box vs random"] == "–"
+    assert tables.vs_random({"bbox/AP": 0.20}, {"bbox/AP": 0.25}) == "-5.0 (does not beat random)"
+    assert tables.vs_random({"bbox/AP": 0.31}, {"bbox/AP": 0.25}) == "+6.0 (beats random)"
+    assert tables.vs_random({"bbox/AP": 0.31}, None) == "–"
     paths = tables.write(frames, tmp_path / "tables")
     assert {p.suffix for p in paths} == {".md", ".csv"} and len(paths) == 2 * len(frames)
     assert "| init" in (tmp_path / "tables/table1_main.md").read_text()

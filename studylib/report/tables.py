@@ -45,12 +45,22 @@ def paper(value: Any) -> str:
     return str(value)
 
 
+def vs_random(m: dict[str, Any], ref: dict[str, Any] | None, key: str = "bbox/AP") -> str:
+    """`m` minus random initialization's `key` (×100, signed), said in words: the report states plainly
+    whether an initialization beats random at the same schedule (a higher mean), not only the numbers."""
+    if ref is None or m is ref or m.get(key) is None or ref.get(key) is None:
+        return "–"
+    d = 100 * (m[key] - ref[key])
+    return f"{d:+.1f} ({'beats' if d > 0 else 'does not beat'} random)"
+
+
 def main_table(summary: dict[str, Any], pub: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for init in [i for i in INIT_ORDER if i in summary["main"]]:
         m = summary["main"][init]
         rows.append({"init": init, "epochs": m.get("epochs"), "seeds": m.get("n_seeds"), "AP box": ap(m, "bbox/AP"),
                      "AP mask": ap(m, "segm/AP"), "AP50 box": ap(m, "bbox/AP50"),
+                     "box vs random": vs_random(m, summary["main"].get("random")),
                      "paper ViT-B (box / mask)": paper(pub["main"].get(init, {}).get("vit_base")),
                      "paper ViT-L (box / mask)": paper(pub["main"].get(init, {}).get("vit_large"))})
     return pd.DataFrame(rows)
@@ -60,7 +70,9 @@ def convergence_table(summary: dict[str, Any], pub: dict[str, Any]) -> pd.DataFr
     rows = []
     for init, points in summary["convergence"].items():
         for epochs, m in points.items():
-            rows.append({"init": init, "epochs": float(epochs), "AP box": ap(m, "bbox/AP"), "AP mask": ap(m, "segm/AP")})
+            ref = summary["convergence"].get("random", {}).get(epochs)
+            rows.append({"init": init, "epochs": float(epochs), "AP box": ap(m, "bbox/AP"), "AP mask": ap(m, "segm/AP"),
+                         "box vs random (same epochs)": vs_random(m, ref)})
     rows.sort(key=lambda r: (INIT_ORDER.index(r["init"]), r["epochs"]))
     for init, points in pub["convergence"].items():
         for epochs, v in points.items():
