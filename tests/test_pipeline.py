@@ -75,6 +75,15 @@ def test_dvc_stages_match_the_study_plan() -> None:
     assert {"results/tables", "results/figures", "data/synthetic"} <= outs
 
 
+def test_dvc_plots_follow_the_first_seed_of_table_1() -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    first = {r.out_dir for r in study.runs(params)["main"] if r.seed == params["study"]["seeds"][0]}
+    (plot,) = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    files = next(iter(plot.values()))["y"]
+    assert {f.split("/dvclive/")[0] for f in files} == first
+    assert all(f.endswith("/dvclive/plots/metrics/train/loss.tsv") for f in files)
+
+
 def test_check_names_a_misspelt_experiment(tmp_path: Path) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["study"]["ablations"]["attn_window_only"]["experiment"] = "attn_windowonly"
@@ -130,6 +139,10 @@ def test_micro_dag_runs_every_stage_then_nothing(tmp_path: Path) -> None:
     assert set(summary["main"]) == {"random", "supervised", "mocov3", "beit", "mae"}
     assert all("bbox/AP" in m and "bbox/AP_std" in m for m in summary["main"].values())
     assert len(list((root / "results/figures").glob("*.png"))) >= 5
+    page = run(sys.executable, "-m", "studylib.report.offline_plots", "show", "-o", "plots_page")
+    assert page.returncode == 0, page.stderr
+    html = (root / "plots_page/index.html").read_text()
+    assert "vegaEmbed('#" in html and "cdn.jsdelivr" not in html
     again = run("dvc", "repro")
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
     status = run("dvc", "status")
