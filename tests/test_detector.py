@@ -148,11 +148,19 @@ def test_head_widths_and_norm_are_parameters():
 
 
 def test_anchor_sizes():
-    assert default_anchor_sizes(1024) == ((32,), (64,), (128,), (256,), (512,))
-    assert default_anchor_sizes(128) == ((4,), (8,), (16,), (32,), (64,))
-    assert default_anchor_sizes(1024, num_levels=1) == ((32, 64, 128, 256, 512),)
+    # the paper's anchors are 8x the stride of their level: 32..512 over strides 4..64 (patch 16, or ResNet)
+    assert default_anchor_sizes([4, 8, 16, 32, 64]) == ((32,), (64,), (128,), (256,), (512,))
+    assert default_anchor_sizes([16]) == ((32, 64, 128, 256, 512),)  # single scale: the pyramid's five sizes
+    assert default_anchor_sizes([2, 4, 8, 16, 32]) == ((16,), (32,), (64,), (128,), (256,))  # patch 8
+    paper = build_mask_rcnn(build_adaptor(tiny_vit(1024, 16), out_channels=16), 3, img_size=1024)
+    assert paper.rpn.anchor_generator.sizes == ((32,), (64,), (128,), (256,), (512,))
+    assert build_mask_rcnn(build_resnet_fpn_backbone(50, out_channels=16), 3, img_size=1024
+                           ).rpn.anchor_generator.sizes == paper.rpn.anchor_generator.sizes
     single = build_mask_rcnn(build_adaptor(tiny_vit(1024, 16), kind="single", out_channels=16), 3, img_size=1024)
     assert single.rpn.anchor_generator.sizes == ((32, 64, 128, 256, 512),)
+    # the anchors follow the strides, not the image size: patch 8 halves them at any image size
+    half = build_mask_rcnn(build_adaptor(tiny_vit(128, 8), out_channels=16), 3, img_size=128)
+    assert half.rpn.anchor_generator.sizes == ((16,), (32,), (64,), (128,), (256,))
     assert single.rpn.head.cls_logits.out_channels == 15
     assert single.roi_heads.box_roi_pool.featmap_names == ["0"]
     custom = build_mask_rcnn(build_adaptor(tiny_vit(), out_channels=16), 3, img_size=IMG,
