@@ -1,12 +1,12 @@
 """Benchmark: pre-train all four methods at the embedded default (vit_micro, 64², default steps).
 
 Runs MAE, MoCo v3 and BEiT on the unlabeled pool and supervised on the train boxes of the synthetic
-dataset, and writes per method: wall time, steps/s, loss start/end (means of the first/last 10
+dataset, each with the settings the study uses (`study.pretrain` of params.yaml: steps, batch, threads), and writes per method: wall time, steps/s, loss start/end (means of the first/last 10
 steps). Reference measured in the same run: the same model's forward+backward on one fixed,
 pre-loaded batch (no data pipeline, no optimizer), so the data/optimizer overhead is visible and
 numbers from a busy machine can be judged. The machine's load average is recorded too.
 
-    python benchmarks/pretrain.py [--data DIR] [--out benchmarks/results/pretrain_cpu.json] [--threads 1]
+    python benchmarks/pretrain.py [--data DIR] [--params params.yaml] [--out benchmarks/results/pretrain_cpu.json]
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from studylib.pretrain import METHODS, PretrainConfig, run
 from studylib.pretrain.config import METHOD_DEFAULTS
@@ -54,6 +55,12 @@ def compute_only(method: str, images: Path, ann: Path | None, cfg: PretrainConfi
     return (time.perf_counter() - t0) / reps
 
 
+def study_settings(params: Path) -> dict[str, dict]:
+    """`study.pretrain` of the params file per method (its `all` entry merged under each method's own)."""
+    p = yaml.safe_load(params.read_text())["study"]["pretrain"]
+    return {m: {**(p.get("all") or {}), **(p.get(m) or {})} for m in METHODS}
+
+
 def device_name(threads: int) -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -70,10 +77,12 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "studylib_bench_synthetic")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pretrain_cpu.json")
+    p.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="the study's settings (study.pretrain)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    settings = study_settings(args.params)
     data = dataset(args.data)
     results: dict = {"device": device_name(args.threads), "backbone": "vit_micro", "img_size": 64,
                      "data": str(data), "load_avg_start": os.getloadavg(), "methods": {}}
@@ -83,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         sup = method == "supervised"
         images = data / ("images/train" if sup else "unlabeled")
         ann = data / "annotations" / "instances_train.json" if sup else None
-        cfg = PretrainConfig(progress=False)
+        cfg = PretrainConfig(**{**settings[method], "progress": False, "threads": args.threads})
         t0 = time.perf_counter()
         s = run(method, images, work / f"{method}.pth", cfg, ann_file=ann)
         wall = time.perf_counter() - t0
