@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+import numpy as np
+import torch
 import yaml
 
 from studylib import profile
@@ -200,3 +202,20 @@ def test_paper_profile_is_valid(tmp_path: Path) -> None:
     assert p["scale"] == "paper" and p["study"]["sizes"] == ["main", "vit_large"]
     assert study.init_checkpoint(p, "mae", "vit_large") == "inits/mae/vit_large/checkpoint.pth"
     assert study.release_files(p, "mae")["vit_large"].endswith("mae_pretrain_vit_large.pth")
+
+
+def test_results_picture_draws_segm_results_without_boxes() -> None:
+    from pycocotools import mask as mask_utils
+
+    image = torch.zeros(3, 32, 32)
+    m = np.zeros((32, 32), dtype=np.uint8, order="F")
+    m[4:12, 6:20] = 1
+    rle = mask_utils.encode(m)
+    rle["counts"] = rle["counts"].decode()
+    seg = [{"image_id": 1, "category_id": 1, "segmentation": rle, "score": 0.9},  # no "bbox": COCO segm format
+           {"image_id": 1, "category_id": 1, "segmentation": rle, "score": 0.1}]  # under the threshold
+    drawn = figures.results_picture(image, seg, {1: "a"})
+    blank = figures.results_picture(image, seg[1:], {1: "a"})
+    assert drawn.shape == blank.shape and (drawn != blank).any()
+    with_box = figures.results_picture(image, [{**seg[0], "bbox": [6.0, 4.0, 14.0, 8.0]}], {1: "a"})
+    assert (with_box == drawn).all()  # the box taken from the mask is the mask's own box

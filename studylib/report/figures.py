@@ -32,14 +32,20 @@ def save(fig: plt.Figure, path: str | Path) -> Path:
     return path
 
 
+PALETTE = [tuple(int(255 * c) for c in rgb) for rgb in sns.color_palette("bright", 10)]
+
+
 def draw_instances(image: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor | None = None,
                    labels: Sequence[str] | None = None) -> np.ndarray:
     """An HWC uint8 picture of `image` (CHW in [0, 1]) with xyxy `boxes` and binary `masks` (N×H×W)."""
     canvas = (image.clamp(0, 1) * 255).to(torch.uint8).cpu()
+    # explicit colors: torchvision's default palette draws the first instance in black (0, 0, 0)
+    colors = [PALETTE[i % len(PALETTE)] for i in range(max(len(boxes), len(masks) if masks is not None else 0))]
     if masks is not None and len(masks):
-        canvas = draw_segmentation_masks(canvas, masks.bool().cpu(), alpha=0.45)
+        canvas = draw_segmentation_masks(canvas, masks.bool().cpu(), alpha=0.45, colors=colors[:len(masks)])
     if len(boxes):
-        canvas = draw_bounding_boxes(canvas, boxes.cpu().float(), labels=list(labels) if labels else None, width=1)
+        canvas = draw_bounding_boxes(canvas, boxes.cpu().float(), labels=list(labels) if labels else None, width=1,
+                                     colors=colors[:len(boxes)])
     return canvas.permute(1, 2, 0).numpy()
 
 
@@ -81,7 +87,9 @@ def results_picture(image: torch.Tensor, results: list[dict], names: dict[int, s
     from pycocotools import mask as mask_utils
 
     kept = [r for r in results if r["score"] >= score_thresh]
-    boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in kept)]).reshape(-1, 4)
+    # segm results files need no "bbox" (COCO's format); the box is then the mask's own
+    xywh = [r["bbox"] if "bbox" in r else mask_utils.toBbox(r["segmentation"]).tolist() for r in kept]
+    boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in xywh], dtype=torch.float32).reshape(-1, 4)
     masks = torch.from_numpy(np.stack([mask_utils.decode(r["segmentation"]) for r in kept])) if kept else None
     labels = [f"{names.get(r['category_id'], r['category_id'])} {r['score']:.2f}" for r in kept]
     return draw_instances(image, boxes, masks, labels)
