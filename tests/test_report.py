@@ -115,6 +115,8 @@ def test_tables_show_oom_and_paper_columns(tmp_path: Path, micro_params: dict) -
     assert tables.vs_random({"bbox/AP": 0.20}, {"bbox/AP": 0.25}) == "-5.0 (does not beat random)"
     assert tables.vs_random({"bbox/AP": 0.31}, {"bbox/AP": 0.25}) == "+6.0 (beats random)"
     assert tables.vs_random({"bbox/AP": 0.31}, None) == "–"
+    for name, df in frames.items():
+        assert "nan" not in df.to_markdown(index=False), f"{name}: an empty cell shows as nan"
     paths = tables.write(frames, tmp_path / "tables")
     assert {p.suffix for p in paths} == {".md", ".csv"} and len(paths) == 2 * len(frames)
     assert "| init" in (tmp_path / "tables/table1_main.md").read_text()
