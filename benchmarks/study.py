@@ -1,7 +1,8 @@
 """Benchmark: the whole embedded-default study (`dvc repro` of every stage), from a fresh clone.
 
     python benchmarks/study.py [--jobs 2] [--install] [--out benchmarks/results/study_cpu.json]
-    python benchmarks/study.py --repo DIR --log LOG      # summarise a finished run (runner's log)
+    python benchmarks/study.py --repo DIR --timings T1.json [T2.json ...]   # summarise finished passes
+    python benchmarks/study.py --repo DIR --log LOG                          # (or the runner's log)
 
 Clones the repository's HEAD into a temporary folder (committed files only), optionally times
 `pip install -e ".[dev]"` into a fresh virtual environment (`--install`), then runs
@@ -109,9 +110,23 @@ def main() -> int:
     ap.add_argument("--install", action="store_true", help="time pip install into a fresh venv first")
     ap.add_argument("--repo", help="an already reproduced clone to summarise (with --log)")
     ap.add_argument("--log", help="the runner's output of that reproduction")
+    ap.add_argument("--timings", nargs="+", help="the runner's --timings files of successive passes over that "
+                                                  "clone (a stage counts from the pass where it succeeded)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/study_cpu.json"))
     a = ap.parse_args()
-    if a.repo:
+    if a.repo and a.timings:
+        repo, stages, wall, passes = Path(a.repo), {}, 0.0, []
+        for f in a.timings:
+            t = json.loads(Path(f).read_text())
+            wall += t["wall_s"]
+            passes.append({"file": Path(f).name, "wall_s": t["wall_s"],
+                           "failed": sorted(k for k, v in t["stages"].items() if v.get("rc", 0) != 0)})
+            for k, v in t["stages"].items():
+                if k not in stages or stages[k].get("rc", 0) != 0:
+                    stages[k] = v
+        result = summarise(repo, {"stages": stages}, wall, None, a.jobs)
+        result["passes"] = passes
+    elif a.repo:
         repo = Path(a.repo)
         t = timings_from_log(Path(a.log).read_text())
         wall = max(v["end_s"] for v in t["stages"].values())
