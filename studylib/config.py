@@ -157,15 +157,25 @@ def closest(name: str, allowed) -> str:
     return f"allowed: {', '.join(map(str, allowed))}{hint}"
 
 
+def parse_yaml(text: str) -> Any:
+    """YAML 1.2, as DVC reads and writes params.yaml: `no`/`off` stay strings (PyYAML's YAML 1.1 reads them
+    as False, and `dvc exp run -S` writes `rel_pos: no` unquoted)."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(text)
+
+
 def read_params(params: str | Path | dict) -> dict:
+    from ruamel.yaml import YAMLError
+
     if isinstance(params, dict):
         return params
     path = Path(params)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"params file {path} does not exist") from None
-    except yaml.YAMLError as e:
+    except YAMLError as e:
         raise ValueError(f"params file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict) or "baseline" not in data:
         raise ValueError(f"params file {path} has no 'baseline' section")
@@ -189,7 +199,7 @@ def resolve(params: str | Path | dict, experiment: str, sets: list[str] | None =
         if not sep or "." not in key:
             raise ValueError(f"--set {item!r}: expected section.key=value, e.g. train.lr=1e-4")
         section, name = key.split(".", 1)
-        merged.setdefault(section, {})[name] = yaml.safe_load(value)
+        merged.setdefault(section, {})[name] = parse_yaml(value)
     return merged
 
 

@@ -59,3 +59,14 @@ def test_repository_params_load_for_every_experiment():
     for name in ["baseline", *config.experiment_names(params)]:
         cfg = config.load(params, name)
         assert cfg.train.lr > 0 and cfg.train.weight_decay >= 0
+
+
+def test_params_are_yaml_1_2_like_dvc(tmp_path) -> None:
+    """`dvc exp run -S` rewrites params.yaml with `rel_pos: no` unquoted: YAML 1.2 (DVC's) keeps it a string."""
+    import pathlib
+
+    text = pathlib.Path(__file__).resolve().parents[1].joinpath("params.yaml").read_text()
+    assert 'rel_pos: "no"' in text
+    (tmp_path / "params.yaml").write_text(text.replace('rel_pos: "no"', "rel_pos: no"))
+    assert config.load(tmp_path / "params.yaml", "pos_abs_pt_rel_no").init.rel_pos == "no"
+    assert config.load(tmp_path / "params.yaml", "main", ["init.abs_pos=no"]).init.abs_pos == "no"
