@@ -2,7 +2,6 @@
 
     python benchmarks/study.py [--jobs 2] [--install] [--out benchmarks/results/study_cpu.json]
     python benchmarks/study.py --repo DIR --timings T1.json [T2.json ...]   # summarise finished passes
-    python benchmarks/study.py --repo DIR --log LOG                          # (or the runner's log)
 
 Clones the repository's HEAD into a temporary folder (committed files only), optionally times
 `pip install -e ".[dev]"` into a fresh virtual environment (`--install`), then runs
@@ -21,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -29,20 +27,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LINE = re.compile(r"^\[repro\] (start|done ) (\S+)\s+\((?:\d+/\d+ done, )?(\d+)s\)")
-
-
-def timings_from_log(text: str) -> dict:
-    """The runner's `[repro] start/done NAME (..Ns)` lines as {stage: {start_s, end_s}} (1 s resolution)."""
-    stages: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        m = LINE.match(line)
-        if m:
-            key = "start_s" if m.group(1) == "start" else "end_s"
-            stages.setdefault(m.group(2), {})[key] = float(m.group(3))
-    return {"stages": {k: v for k, v in stages.items() if "end_s" in v}}
-
-
 def family(stage: str) -> str:
     return stage.split("@", 1)[0]
 
@@ -57,13 +41,8 @@ def summarise(repo: Path, t: dict, wall_s: float, install_s: float | None, jobs:
     main = summary["main"]
     box = {i: {"mean": 100 * m["bbox/AP"], "std": 100 * m.get("bbox/AP_std", 0.0), "n_seeds": m["n_seeds"]}
            for i, m in main.items()}
-    conv = summary["convergence"]
-    shortest = {}
-    for init in ("mae", "random"):
-        pts = {float(e): p for e, p in conv.get(init, {}).items()}
-        shortest[init] = pts
-    common = sorted(set(shortest["mae"]) & set(shortest["random"]))
-    at = common[0] if common else None
+    mae, rnd = ({float(e): p for e, p in summary["convergence"].get(i, {}).items()} for i in ("mae", "random"))
+    at = min(set(mae) & set(rnd), default=None)  # the shortest schedule both were fine-tuned with
     total_s = wall_s + (install_s or 0.0)
     return {
         "benchmark": "study",
@@ -78,8 +57,7 @@ def summarise(repo: Path, t: dict, wall_s: float, install_s: float | None, jobs:
         "slowest_stages_s": dict(sorted(durations.items(), key=lambda kv: -kv[1])[:8]),
         "box_AP": box,
         "mae_minus_random_box_AP_at_shortest_common_schedule": (
-            None if at is None else {"epochs": at, "delta": 100 * (shortest["mae"][at]["bbox/AP"]
-                                                                    - shortest["random"][at]["bbox/AP"])}),
+            None if at is None else {"epochs": at, "delta": 100 * (mae[at]["bbox/AP"] - rnd[at]["bbox/AP"])}),
         "targets": {
             "total_min": total_s / 60, "total_le_60_min": total_s <= 3600,
             "best_box_AP_ge_20": max(b["mean"] for b in box.values()) >= 20,
@@ -108,8 +86,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--install", action="store_true", help="time pip install into a fresh venv first")
-    ap.add_argument("--repo", help="an already reproduced clone to summarise (with --log)")
-    ap.add_argument("--log", help="the runner's output of that reproduction")
+    ap.add_argument("--repo", help="an already reproduced clone to summarise (with --timings)")
     ap.add_argument("--timings", nargs="+", help="the runner's --timings files of successive passes over that "
                                                   "clone (a stage counts from the pass where it succeeded)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/study_cpu.json"))
@@ -126,11 +103,6 @@ def main() -> int:
                     stages[k] = v
         result = summarise(repo, {"stages": stages}, wall, None, a.jobs)
         result["passes"] = passes
-    elif a.repo:
-        repo = Path(a.repo)
-        t = timings_from_log(Path(a.log).read_text())
-        wall = max(v["end_s"] for v in t["stages"].values())
-        result = summarise(repo, t, wall, None, a.jobs)
     else:
         work = Path(tempfile.mkdtemp(prefix="study_bench_"))
         repo = clone(work / "repo")

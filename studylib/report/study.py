@@ -103,11 +103,6 @@ def study(params: str | Path | dict) -> dict:
     return s
 
 
-def fmt(x: float) -> str:
-    """A number as dvc.yaml's templating writes it into a path (YAML 2 -> '2', 0.5 -> '0.5', 2.0 -> '2.0')."""
-    return str(x)
-
-
 def runs(params: str | Path | dict) -> dict[str, list[Run]]:
     """Every fine-tuning run the study expects, by family (the same names dvc.yaml templates)."""
     s = study(params)
