@@ -72,13 +72,14 @@ def clone(dst: Path) -> Path:
     return dst
 
 
-def install(repo: Path, venv: Path) -> tuple[float, str]:
+def install(repo: Path, venv: Path, env: dict[str, str]) -> tuple[float, str]:
+    """pip install into a new venv and register its `python3` kernel under env's JUPYTER_DATA_DIR."""
     t0 = time.time()
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = str(venv / "bin" / "python")
     subprocess.run([py, "-m", "pip", "install", "-q", "-e", ".[dev]"], cwd=repo, check=True)
     subprocess.run([py, "-m", "ipykernel", "install", "--user", "--name", "python3"], check=True,
-                   capture_output=True)
+                   capture_output=True, env=env)
     return time.time() - t0, py
 
 
@@ -106,10 +107,11 @@ def main() -> int:
     else:
         work = Path(tempfile.mkdtemp(prefix="study_bench_"))
         repo = clone(work / "repo")
-        install_s, py = install(repo, work / "venv") if a.install else (None, sys.executable)
         env = {**os.environ, "PYTHONPATH": str(repo)}
-        if a.install:
+        if a.install:  # the venv's kernel spec lives in the work folder: the user's `python3` kernel is untouched
+            env["JUPYTER_DATA_DIR"] = str(work / "jupyter")
             env["PATH"] = f"{work / 'venv' / 'bin'}{os.pathsep}{env['PATH']}"
+        install_s, py = install(repo, work / "venv", env) if a.install else (None, sys.executable)
         t0 = time.time()
         r = subprocess.run([py, "-m", "studylib.repro", "--jobs", str(a.jobs), "--timings", str(work / "t.json")],
                            cwd=repo, env=env)
