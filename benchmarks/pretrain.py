@@ -1,10 +1,11 @@
-"""Benchmark: pre-train all four methods at the embedded default (vit_micro, 64², default steps).
+"""Benchmark: pre-train all four methods at the embedded default (vit_micro, 64², the study's steps).
 
 Runs MAE, MoCo v3 and BEiT on the unlabeled pool and supervised on the train boxes of the synthetic
-dataset, each with the settings the study uses (`study.pretrain` of params.yaml: steps, batch, threads), and writes per method: wall time, steps/s, loss start/end (means of the first/last 10
-steps). Reference measured in the same run: the same model's forward+backward on one fixed,
-pre-loaded batch (no data pipeline, no optimizer), so the data/optimizer overhead is visible and
-numbers from a busy machine can be judged. The machine's load average is recorded too.
+dataset, each with the settings the study uses (`study.pretrain` of params.yaml: steps, batch), and
+writes per method: wall time, steps/s, loss start/end (means of the first/last 10 steps). Reference
+measured in the same run: the same model's forward+backward on one fixed, pre-loaded batch (no data
+pipeline, no optimizer), so the data/optimizer overhead is visible and numbers from a busy machine
+can be judged. The machine's load average is recorded too.
 
     python benchmarks/pretrain.py [--data DIR] [--params params.yaml] [--out benchmarks/results/pretrain_cpu.json]
 """
@@ -19,8 +20,8 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
+from studylib.config import read_params
 from studylib.pretrain import METHODS, PretrainConfig, run
 from studylib.pretrain.config import METHOD_DEFAULTS
 
@@ -57,7 +58,7 @@ def compute_only(method: str, images: Path, ann: Path | None, cfg: PretrainConfi
 
 def study_settings(params: Path) -> dict[str, dict]:
     """`study.pretrain` of the params file per method (its `all` entry merged under each method's own)."""
-    p = yaml.safe_load(params.read_text())["study"]["pretrain"]
+    p = read_params(params)["study"]["pretrain"]  # the study's own reader (YAML 1.2, as DVC)
     return {m: {**(p.get("all") or {}), **(p.get(m) or {})} for m in METHODS}
 
 
