@@ -146,6 +146,12 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     return _convert_naive(model)
 
 
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """The trainer's data-parallel model: BatchNorm synchronized, then DistributedDataParallel on `device`."""
+    model = convert_sync_batchnorm(model, device)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def _convert_naive(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, NaiveSyncBatchNorm):

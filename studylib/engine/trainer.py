@@ -35,8 +35,7 @@ from ..config import ExperimentConfig
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, exclusive_lock
 from .build import base_dataset, build_datasets, build_model
 from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, unwrap
-from .distributed import (DistInfo, ShardedBatchSampler, barrier, convert_sync_batchnorm, per_process_batch,
-                          reduce_mean)
+from .distributed import DistInfo, ShardedBatchSampler, barrier, per_process_batch, reduce_mean, wrap_ddp
 from .inference import autocast, evaluate
 from .optim import build_optimizer, effective_lr
 from .schedule import build_scheduler, num_iterations, warmup_iterations
@@ -156,9 +155,7 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, dist_info: DistInfo, resum
     model = build_model(cfg, base_dataset(train_set).num_classes, out_dir if main else None).to(device)
     n_parameters = sum(p.numel() for p in model.parameters())
     if dist_info.distributed:
-        model = convert_sync_batchnorm(model, device)
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = wrap_ddp(model, device)
 
     global_batch = tc.batch_size
     sampler = ShardedBatchSampler(len(train_set), per_process_batch(global_batch, dist_info.world_size),
