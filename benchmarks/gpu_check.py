@@ -210,13 +210,17 @@ def environment(device: torch.device) -> dict:
         props = torch.cuda.get_device_properties(device)
         env.update(device=props.name, memory_gb=props.total_memory / 2**30, capability=f"{props.major}.{props.minor}",
                    multiprocessors=props.multi_processor_count, cuda=torch.version.cuda,
-                   cudnn=torch.backends.cudnn.version(), nccl=".".join(map(str, torch.cuda.nccl.version())),
+                   cudnn=torch.backends.cudnn.version(), nccl=_version(torch.cuda.nccl.version()),
                    sdpa={"flash": torch.backends.cuda.flash_sdp_enabled(),
                          "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
                          "math": torch.backends.cuda.math_sdp_enabled()})
     else:
         env["device"] = f"CPU {platform.processor() or platform.machine()} (dry run)"
     return env
+
+
+def _version(v) -> str:
+    return ".".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
 
 
 def table5_row(backbone: str, mode: str, device: torch.device) -> dict:

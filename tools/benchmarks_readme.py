@@ -29,7 +29,7 @@ def gpu_check() -> list[str]:
         return ["- `gpu_check/gpu_check.json`: not run yet on a GPU (no GPU has been lent to this project "
                 "so far); its CPU dry run is a test (`tests/test_gpu_check.py`)."]
     env = d["environment"]
-    out = [f"- `gpu_check/gpu_check.json`: {env['device']} ({env.get('memory_gb', 0):.0f} GB), torch {env['torch']}, "
+    out = [f"- `gpu_check/gpu_check.json`: {env['device']} ({env.get('memory_gb') or 0:.0f} GB), torch {env['torch']}, "
            f"CUDA {env.get('cuda')}; ok = {d['ok']}, {d['elapsed_s']:.0f} s, {len(d['skipped'])} steps skipped, "
            f"{len(d['errors'])} errors."]
     c = d.get("correctness")
@@ -41,8 +41,9 @@ def gpu_check() -> list[str]:
             out.append(f"  - Table 3 {r['backbone']} {r['attention'] or ''} ×{r['images_per_gpu']}: {r['status']}")
             continue
         infer = f", inference {r['infer_s_per_image'] * 1e3:.0f} ms/image" if "infer_s_per_image" in r else ""
+        mem = "–" if r["train_peak_mem_gb"] is None else f"{r['train_peak_mem_gb']:.1f}"  # None: a CPU dry run
         out.append(f"  - Table 3 {r['backbone']} {r['attention'] or ''} ×{r['images_per_gpu']}: "
-                   f"{r['train_peak_mem_gb']:.1f} GB, {r['train_s_per_iter']:.3f} s/iter{infer}")
+                   f"{mem} GB, {r['train_s_per_iter']:.3f} s/iter{infer}")
     for r in d.get("table5", []):
         out.append(f"  - Table 5 {r['backbone']}: {r['fps']:.1f} fps (batch 1, {r['amp']}, {r['weights']} weights)")
     for key, value in d.get("ratios_ours", {}).items():
