@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,28 +104,11 @@ def test_finetune_notebook_fails_fast_on_unknown_experiment(tmp_path: Path) -> N
     assert not (tmp_path / "run").exists()  # nothing started
 
 
-def fresh_clone(dst: Path) -> Path:
-    """The repository's tracked files (as in the working tree) in a new git repository."""
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
-    for f in filter(None, files):
-        src = REPO / f.decode()
-        if src.is_file():
-            (dst / f.decode()).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / f.decode())
-    git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
-    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=dst, check=True)
-    subprocess.run([*git, "commit", "-qm", "clone"], cwd=dst, check=True)
-    return dst
-
-
 @pytest.mark.slow
-def test_micro_dag_runs_every_stage_then_nothing(tmp_path: Path) -> None:
-    root = fresh_clone(tmp_path / "repo")
-    run = lambda *cmd: subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)  # noqa: E731
-    r = run(sys.executable, "-m", "studylib.profile", "micro")
-    assert r.returncode == 0, r.stderr
-    r = run(sys.executable, "-m", "studylib.repro", "--jobs", "2")  # dvc repro, two stages at a time
+def test_micro_dag_runs_every_stage_then_nothing(micro_study) -> None:
+    root, run = micro_study.root, micro_study.run
+    assert micro_study.profile.returncode == 0, micro_study.profile.stderr
+    r = micro_study.repro  # dvc repro, two stages at a time
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     declared = stages(root)
     for name, (_, outs) in declared.items():
