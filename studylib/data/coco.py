@@ -106,8 +106,9 @@ def _unique_ids(path: Path, key: str, entries: list, required: tuple[str, ...]) 
     return out
 
 
-def read_image(path: Path, height: int | None = None, width: int | None = None) -> torch.Tensor:
-    """Decode an image file to uint8 RGB (3, H, W), EXIF orientation applied; check its size."""
+def read_image(path: str | Path, height: int | None = None, width: int | None = None) -> torch.Tensor:
+    """Decode an image file to uint8 RGB (3, H, W), EXIF orientation applied; check its size when given.
+    An unreadable file raises PIL's error, which names it."""
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
         if im.mode.startswith("I;16"):  # 16-bit grayscale: PIL's convert("RGB") would clip it
