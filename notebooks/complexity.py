@@ -18,9 +18,7 @@
 # Parameters, FLOPs and activations counted at run time on real validation images (mean ± std), and inference fps, for one experiment (random weights).
 
 # %%
-import json
 import os
-from pathlib import Path
 
 from studylib import complexity, config
 from studylib.io import atomic_write_json, project_root

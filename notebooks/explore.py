@@ -24,7 +24,6 @@ import os
 
 import matplotlib.pyplot as plt
 import seaborn as sns
-from IPython.display import display
 
 from studylib.engine.build import base_dataset, build_datasets
 from studylib.io import project_root

@@ -22,7 +22,6 @@ import json
 import os
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 from IPython.display import Image, Markdown, display
 
 from studylib import config

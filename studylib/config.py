@@ -299,11 +299,13 @@ def validate(cfg: ExperimentConfig) -> None:
 
     backbones = [*PRESETS, "resnet50", "resnet101"]
     if cfg.model.backbone not in backbones:
-        raise ValueError(f"experiment {cfg.name!r}: model.backbone = {cfg.model.backbone!r}; {closest(cfg.model.backbone, backbones)}")
+        raise ValueError(f"experiment {cfg.name!r}: model.backbone = {cfg.model.backbone!r}; "
+                         f"{closest(cfg.model.backbone, backbones)}")
     if cfg.init.kind != "random" and not cfg.init.checkpoint:
         raise ValueError(f"experiment {cfg.name!r}: init.kind = {cfg.init.kind!r} needs init.checkpoint")
     if cfg.init.kind == "random" and cfg.init.checkpoint:
-        raise ValueError(f"experiment {cfg.name!r}: init.kind = 'random' takes no init.checkpoint ({cfg.init.checkpoint!r})")
+        raise ValueError(f"experiment {cfg.name!r}: init.kind = 'random' takes no init.checkpoint "
+                         f"({cfg.init.checkpoint!r})")
     lo, hi = cfg.data.scale_range
     if not 0 < lo <= hi:
         raise ValueError(f"experiment {cfg.name!r}: data.scale_range = {[lo, hi]} must satisfy 0 < low <= high")

@@ -17,7 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from studylib.checkpoints import LoadReport, detect_format, load_pretrained, positional_flags
 from studylib.checkpoints.__main__ import main as cli_main
-from studylib.models.pos_embed import get_2d_sincos_pos_embed, gen_relative_position_index, resize_rel_pos_table
+from studylib.models.pos_embed import gen_relative_position_index, get_2d_sincos_pos_embed, resize_rel_pos_table
 from studylib.models.vit import ViT
 
 torch.set_num_threads(1)

@@ -83,7 +83,7 @@ def gt_as_outputs(coco: COCO) -> tuple[list[dict], list[int], dict[int, int]]:
     """Ground truth (crowd excluded) as torchvision Mask R-CNN outputs, one per image."""
     cat_ids = sorted(coco.getCatIds())
     label_to_cat = {i + 1: c for i, c in enumerate(cat_ids)}
-    cat_to_label = {c: l for l, c in label_to_cat.items()}
+    cat_to_label = {c: label for label, c in label_to_cat.items()}
     outputs, image_ids = [], []
     for img in coco.dataset["images"]:
         anns = [a for a in coco.imgToAnns[img["id"]] if not a["iscrowd"]]

@@ -5,8 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from studylib.models.pos_embed import (get_2d_sincos_pos_embed, gen_relative_position_index, resize_abs_pos_embed,
-                                       resize_rel_pos_table)
+from studylib.models.pos_embed import (
+    gen_relative_position_index,
+    get_2d_sincos_pos_embed,
+    resize_abs_pos_embed,
+    resize_rel_pos_table,
+)
 
 
 # -- 2-D sin-cos ---------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 import torch
 import yaml
 

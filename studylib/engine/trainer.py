@@ -30,16 +30,23 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from filelock import FileLock, Timeout
-from torch.utils.data import DataLoader
 from timm.utils import unwrap_model
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import ExperimentConfig
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
 from .build import base_dataset, build_datasets, build_model
 from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint
-from .distributed import (DistInfo, ShardedBatchSampler, barrier, broadcast_object, convert_sync_batchnorm,
-                          per_process_batch, reduce_mean)
+from .distributed import (
+    DistInfo,
+    ShardedBatchSampler,
+    barrier,
+    broadcast_object,
+    convert_sync_batchnorm,
+    per_process_batch,
+    reduce_mean,
+)
 from .inference import autocast, evaluate
 from .optim import build_optimizer, effective_lr
 from .schedule import build_scheduler, num_iterations, warmup_iterations

@@ -289,10 +289,10 @@ class ViT(nn.Module):
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, H/p, W/p, C): the last block's output (there is no final norm)."""
-        x = self._embed(images)
-        for _, x in self._blocks(x):
-            pass
-        return x
+        out = self._embed(images)
+        for _, feature in self._blocks(out):
+            out = feature
+        return out
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> the outputs of the blocks in `out_indices`, each (B, C, H/p, W/p)."""

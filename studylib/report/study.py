@@ -176,7 +176,7 @@ def check(params: str | Path | dict) -> dict[str, Any]:
     for name in ["baseline", *config.experiment_names(params)]:
         config.load(params, name)
         checked.append(name)
-    for family, items in runs(params).items():
+    for items in runs(params).values():
         for run in items:
             config.load(params, run.experiment, run_sets(params, run.init, run.experiment, run.seed, run.schedule))
     for name in s["complexity"]["experiments"]:
