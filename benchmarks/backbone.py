@@ -149,7 +149,7 @@ def bench_point(cfg: dict, size: int, strategy: str, args: argparse.Namespace) -
         model.to(args.device).train()
     n_params = {k: sum(p.numel() for p in m.parameters()) for k, (m, _) in impls.items()}
     times: dict[str, list[float]] = {k: [] for k in impls}
-    for k, (m, f) in impls.items():
+    for m, f in impls.values():
         for _ in range(args.warmup):
             train_step(m, f, x, args.device)
     for _ in range(args.reps):  # interleaved, so that load changes affect every implementation

@@ -24,20 +24,26 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 INITS = ("random", "supervised", "mocov3", "beit", "mae")
-POS_TREATMENTS = ("pt", "rand", "zero", "no")
+# Closed vocabularies of keys no module below defines; `vocabularies()` adds those the accepting modules define.
 VOCABULARIES: dict[str, tuple[str, ...]] = {
     "data.kind": ("synthetic", "coco"),
     "model.attention": ("window", "hybrid", "global"),
-    "model.adaptor": ("multiscale", "single", "simple"),
-    "model.norm": ("bn", "gn", "none"),
     "init.kind": INITS,
-    "init.format": ("auto", "mae", "beit", "mocov3", "deit", "timm", "random"),
-    "init.abs_pos": POS_TREATMENTS,
-    "init.rel_pos": POS_TREATMENTS,
     "train.amp": ("bf16", "fp16", "none"),
     "train.device": ("auto", "cpu", "cuda"),
-    "eval.backend": ("pycocotools", "faster"),
 }
+
+
+def vocabularies() -> dict[str, tuple[str, ...]]:
+    """Every closed vocabulary of the config: `VOCABULARIES` and the allowed values of the modules that take
+    them (one definition each: the adaptor's kinds and norms, the loader's formats and position treatments, the
+    COCO backends)."""
+    from .checkpoints.load import ALL_FORMATS, TREATMENTS
+    from .evaluation.coco import BACKENDS
+    from .models.adaptor import KINDS, NORMS
+
+    return {**VOCABULARIES, "model.adaptor": KINDS, "model.norm": NORMS, "init.format": ALL_FORMATS,
+            "init.abs_pos": TREATMENTS, "init.rel_pos": TREATMENTS, "eval.backend": BACKENDS}
 
 
 @dataclass
@@ -239,6 +245,8 @@ def from_dict(raw: dict, name: str = "baseline") -> ExperimentConfig:
             raise ValueError(f"experiment {name!r}: section {section!r} must be a mapping, got {values!r}")
         built[section] = _build_section(cls, values, f"{name}: {section}")
     cfg = ExperimentConfig(name=name, **built)
+    if cfg.init.kind != "random" and not cfg.init.checkpoint:  # the init stage's file
+        cfg.init.checkpoint = f"inits/{cfg.init.kind}/checkpoint.pth"
     validate(cfg)
     return cfg
 
@@ -280,8 +288,9 @@ def _coerce(value: Any, hint, where: str):
 
 
 def validate(cfg: ExperimentConfig) -> None:
-    """Closed vocabularies and cross-field rules; raises ValueError naming the key and allowed values."""
-    for key, allowed in VOCABULARIES.items():
+    """Closed vocabularies and cross-field rules; raises ValueError naming the key and allowed values.
+    Checks only: the config is not changed."""
+    for key, allowed in vocabularies().items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value is not None and value not in allowed:
@@ -290,11 +299,13 @@ def validate(cfg: ExperimentConfig) -> None:
 
     backbones = [*PRESETS, "resnet50", "resnet101"]
     if cfg.model.backbone not in backbones:
-        raise ValueError(f"experiment {cfg.name!r}: model.backbone = {cfg.model.backbone!r}; {closest(cfg.model.backbone, backbones)}")
+        raise ValueError(f"experiment {cfg.name!r}: model.backbone = {cfg.model.backbone!r}; "
+                         f"{closest(cfg.model.backbone, backbones)}")
     if cfg.init.kind != "random" and not cfg.init.checkpoint:
-        cfg.init.checkpoint = f"inits/{cfg.init.kind}/checkpoint.pth"
+        raise ValueError(f"experiment {cfg.name!r}: init.kind = {cfg.init.kind!r} needs init.checkpoint")
     if cfg.init.kind == "random" and cfg.init.checkpoint:
-        raise ValueError(f"experiment {cfg.name!r}: init.kind = 'random' takes no init.checkpoint ({cfg.init.checkpoint!r})")
+        raise ValueError(f"experiment {cfg.name!r}: init.kind = 'random' takes no init.checkpoint "
+                         f"({cfg.init.checkpoint!r})")
     lo, hi = cfg.data.scale_range
     if not 0 < lo <= hi:
         raise ValueError(f"experiment {cfg.name!r}: data.scale_range = {[lo, hi]} must satisfy 0 < low <= high")

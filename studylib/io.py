@@ -43,20 +43,19 @@ def atomic_torch_save(path: str | Path, obj: Any) -> Path:
     return _atomic(path, lambda f: torch.save(obj, f))
 
 
-def exclusive_lock(path: str | Path):
-    """Hold an advisory lock on `path` for as long as the returned file stays open.
+def project_root(start: str | Path | None = None) -> Path:
+    """The study's root folder (the DVC project holding params.yaml): `start` (default: the working folder)
+    or the nearest parent. Jupyter Server starts a notebook's kernel in the notebook's own folder
+    (`notebooks/`), DVC and papermill at the root: notebooks `os.chdir` here first, so params, data,
+    runs and results resolve against the root wherever the kernel started."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
 
-    Two runs writing one output folder would corrupt each other's files; the operating system
-    releases the lock when the process dies, so a killed run never blocks its own resume.
-    """
-    import fcntl
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a")
+    start = Path(start or Path.cwd()).resolve()
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise RuntimeError(f"{path.parent} is being written by another run (it holds {path.name})") from None
-    return handle
+        root = Path(Repo.find_root(str(start)))
+    except NotDvcRepoError:
+        raise ValueError(f"{start}: neither it nor a parent folder is the study's root (a DVC project, .dvc/)") from None
+    if not (root / "params.yaml").is_file():
+        raise ValueError(f"{root}: the DVC project holds no params.yaml (the study's root has one)")
+    return root

@@ -47,3 +47,10 @@ def micro_study(tmp_path_factory: pytest.TempPathFactory) -> MicroStudy:
     profile = run(sys.executable, "-m", "studylib.profile", "micro")
     repro = run(sys.executable, "-m", "studylib.repro", "--jobs", "2") if profile.returncode == 0 else profile
     return MicroStudy(root, profile, repro)
+
+
+@pytest.fixture
+def study_copy(micro_study: MicroStudy, tmp_path: Path) -> Path:
+    """A copy of the finished micro study (git, DVC cache and lock included) that a test may change."""
+    assert micro_study.repro.returncode == 0, micro_study.repro.stdout[-4000:] + micro_study.repro.stderr[-4000:]
+    return Path(shutil.copytree(micro_study.root, tmp_path / "study", symlinks=True))

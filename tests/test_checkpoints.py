@@ -17,7 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from studylib.checkpoints import LoadReport, detect_format, load_pretrained, positional_flags
 from studylib.checkpoints.__main__ import main as cli_main
-from studylib.models.pos_embed import get_2d_sincos_pos_embed, relative_position_index, resize_rel_pos_table
+from studylib.models.pos_embed import gen_relative_position_index, get_2d_sincos_pos_embed, resize_rel_pos_table
 from studylib.models.vit import ViT
 
 torch.set_num_threads(1)
@@ -105,7 +105,7 @@ def _beit_index(grid: int) -> torch.Tensor:
     """The official relative_position_index buffer ((N+1)^2, class-token rows included)."""
     n = (2 * grid - 1) ** 2 + 3
     index = torch.zeros(grid * grid + 1, grid * grid + 1, dtype=torch.long)
-    index[1:, 1:] = relative_position_index(grid, grid)
+    index[1:, 1:] = gen_relative_position_index((grid, grid))
     index[0, 0:], index[0:, 0], index[0, 0] = n - 3, n - 2, n - 1
     return index
 
@@ -152,7 +152,7 @@ def vit_reference(vit: VisionTransformer, pos_embed: torch.Tensor) -> torch.Tens
 def beit_reference(beit: Beit, table: torch.Tensor) -> torch.Tensor:
     """timm Beit blocks on the patch tokens with the shared bias from the table minus its 3 cls rows."""
     n = GRID * GRID
-    bias = table[:-3][relative_position_index(GRID, GRID).view(-1)].view(n, n, -1).permute(2, 0, 1)
+    bias = table[:-3][gen_relative_position_index((GRID, GRID)).view(-1)].view(n, n, -1).permute(2, 0, 1)
     x = beit.patch_embed(IMAGES)
     for blk in beit.blocks:
         x = blk(x, shared_rel_pos_bias=bias)

@@ -70,3 +70,28 @@ def test_params_are_yaml_1_2_like_dvc(tmp_path) -> None:
     (tmp_path / "params.yaml").write_text(text.replace('rel_pos: "no"', "rel_pos: no"))
     assert config.load(tmp_path / "params.yaml", "pos_abs_pt_rel_no").init.rel_pos == "no"
     assert config.load(tmp_path / "params.yaml", "main", ["init.abs_pos=no"]).init.abs_pos == "no"
+
+
+def test_vocabularies_are_the_accepting_modules_own():
+    from studylib.checkpoints.load import ALL_FORMATS, TREATMENTS
+    from studylib.models.adaptor import KINDS, NORMS
+
+    v = config.vocabularies()
+    assert v["model.norm"] is NORMS and "syncbn" in NORMS and v["model.adaptor"] is KINDS
+    assert v["init.abs_pos"] is TREATMENTS and v["init.format"] is ALL_FORMATS
+    assert config.load(PARAMS, "attn_window_only", ["model.norm=syncbn"]).model.norm == "syncbn"
+    with pytest.raises(ValueError, match="model.norm = 'sync'; allowed: bn, syncbn, gn, none"):
+        config.load(PARAMS, "attn_window_only", ["model.norm=sync"])
+
+
+def test_validate_checks_and_changes_nothing():
+    import copy
+
+    cfg = config.load(PARAMS, "init_mae")
+    before = copy.deepcopy(cfg)
+    config.validate(cfg)
+    assert cfg == before
+    cfg.init.checkpoint = None  # validate no longer fills it in: a non-random init without a file is an error
+    with pytest.raises(ValueError, match="init.kind = 'mae' needs init.checkpoint"):
+        config.validate(cfg)
+    assert cfg.init.checkpoint is None

@@ -11,8 +11,15 @@ import torchvision
 from torchvision.ops.misc import Conv2dNormActivation
 
 from studylib.models.adaptor import build_adaptor
-from studylib.models.detector import (IMAGENET_MEAN, IMAGENET_STD, FixedSizeTransform, build_mask_rcnn,
-                                      build_resnet_fpn_backbone, default_anchor_sizes, roi_align)
+from studylib.models.detector import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FixedSizeTransform,
+    build_mask_rcnn,
+    build_resnet_fpn_backbone,
+    default_anchor_sizes,
+    roi_align,
+)
 from studylib.models.vit import ViT
 
 IMG = 64

@@ -243,10 +243,14 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
 
 
 def test_an_output_folder_takes_one_writer_at_a_time(tmp_path):
-    from studylib.io import exclusive_lock
+    from filelock import FileLock
 
-    held = exclusive_lock(tmp_path / "run" / ".run.lock")
+    from studylib import engine
+
+    cfg = config.load(PARAMS, "smoke", [f"data.root={tmp_path / 'data'}", "train.max_iters=1"])
+    held = FileLock(tmp_path / "run" / ".run.lock")
+    held.acquire()  # another run writes the folder
     with pytest.raises(RuntimeError, match="being written by another run"):
-        exclusive_lock(tmp_path / "run" / ".run.lock")
-    held.close()  # released: a resumed run may take it
-    exclusive_lock(tmp_path / "run" / ".run.lock").close()
+        engine.run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "config.yaml").exists()  # nothing touched
+    held.release()  # released: the run may take it

@@ -20,6 +20,7 @@ from studylib.evaluation import (
     STAT_NAMES,
     evaluate_results,
     masks_to_rle,
+    per_category_ap,
     predictions_to_results,
     save_results,
     stat_keys,
@@ -82,7 +83,7 @@ def gt_as_outputs(coco: COCO) -> tuple[list[dict], list[int], dict[int, int]]:
     """Ground truth (crowd excluded) as torchvision Mask R-CNN outputs, one per image."""
     cat_ids = sorted(coco.getCatIds())
     label_to_cat = {i + 1: c for i, c in enumerate(cat_ids)}
-    cat_to_label = {c: l for l, c in label_to_cat.items()}
+    cat_to_label = {c: label for label, c in label_to_cat.items()}
     outputs, image_ids = [], []
     for img in coco.dataset["images"]:
         anns = [a for a in coco.imgToAnns[img["id"]] if not a["iscrowd"]]
@@ -126,6 +127,18 @@ def test_faster_backend_matches_pycocotools(iou_type):
     fast = evaluate_results(gt, golden / GOLDEN_FILES[iou_type], iou_type, backend="faster")
     assert list(fast) == list(ref)
     np.testing.assert_allclose(list(fast.values()), list(ref.values()), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster"])
+def test_per_category_ap_averages_to_the_official_ap(backend):
+    golden = _golden()
+    gt = json.loads((golden / "instances_val2014_100.json").read_text())
+    per = per_category_ap(gt, golden / GOLDEN_FILES["bbox"], "bbox", backend)
+    assert set(per) == {c["name"] for c in gt["categories"]}
+    present = {c["name"] for c in gt["categories"] if any(a["category_id"] == c["id"] for a in gt["annotations"])}
+    assert {k for k, v in per.items() if v == -1.0} == set(per) - present  # -1: no instance, as COCOeval
+    expected = json.loads((golden / "expected_stats.json").read_text())["bbox"][0]
+    assert np.mean([v for v in per.values() if v >= 0]) == pytest.approx(expected, abs=1e-9)
 
 
 def test_stat_keys_are_the_metrics_json_names():

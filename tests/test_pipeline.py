@@ -1,22 +1,18 @@
-"""The study pipeline: notebook hygiene, dvc.yaml against the study plan, bad params failing fast, and
+"""The study pipeline: dvc.yaml against the study plan, bad params failing fast, and
 (slow) the whole DAG under the micro profile in a fresh clone, twice: the second `dvc repro` runs nothing."""
 from __future__ import annotations
 
-import ast
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 import yaml
 
 from studylib.report import collect, study
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
 def stages(root: Path) -> dict[str, tuple[str, list[str]]]:
@@ -26,35 +22,6 @@ def stages(root: Path) -> dict[str, tuple[str, list[str]]]:
     with Repo(str(root)) as repo:
         return {s.name: (s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd), [o.def_path for o in s.outs])
                 for s in repo.index.stages}
-
-
-def test_notebooks_exist() -> None:
-    assert {p.stem for p in NOTEBOOKS} == {"data", "pretrain", "finetune", "complexity", "report"}
-
-
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_hygiene(path: Path) -> None:
-    nb = nbformat.read(path, as_version=4)
-    nbformat.validate(nb)
-    assert nb.metadata["kernelspec"]["name"] == "python3"
-    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: committed with outputs"
-        tree = ast.parse(cell.source)
-        assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Lambda))], \
-            f"{path.name}: notebooks are thin (no def / class / lambda)"
-
-
-def test_notebooks_match_their_builder() -> None:
-    spec = importlib.util.spec_from_file_location("build_notebooks", REPO / "tools" / "build_notebooks.py")
-    builder = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builder)
-    for name, cells in builder.NOTEBOOKS.items():
-        built = nbformat.writes(builder.build(name, cells)) + "\n"
-        assert (REPO / "notebooks" / f"{name}.ipynb").read_text() == built, f"rerun tools/build_notebooks.py ({name})"
 
 
 def test_dvc_stages_match_the_study_plan() -> None:

@@ -5,8 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from studylib.models.pos_embed import (get_2d_sincos_pos_embed, relative_position_index, resize_abs_pos_embed,
-                                       resize_rel_pos_table)
+from studylib.models.pos_embed import (
+    gen_relative_position_index,
+    get_2d_sincos_pos_embed,
+    resize_abs_pos_embed,
+    resize_rel_pos_table,
+)
 
 
 # -- 2-D sin-cos ---------------------------------------------------------------------------------
@@ -74,7 +78,7 @@ def test_resize_abs_non_square_table_needs_old_hw():
 # -- relative position index and table resize ------------------------------------------------------
 @pytest.mark.parametrize("h,w", [(3, 3), (2, 4)])
 def test_relative_position_index_matches_offsets(h, w):
-    index = relative_position_index(h, w)
+    index = gen_relative_position_index((h, w))
     assert index.shape == (h * w, h * w) and index.dtype == torch.long
     pos = [(y, x) for y in range(h) for x in range(w)]
     for i, (yi, xi) in enumerate(pos):

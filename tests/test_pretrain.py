@@ -17,7 +17,7 @@ from studylib.pretrain.__main__ import main as cli_main
 from studylib.pretrain.beit import blockwise_mask
 from studylib.pretrain.common import batch_indices, find_images
 from studylib.pretrain.mae import random_masking
-from studylib.pretrain.mocov3 import MoCoV3, momentum_at, moco_vit
+from studylib.pretrain.mocov3 import MoCoV3, moco_vit, momentum_at
 
 C, DEPTH, HEADS, P, IMG = 32, 4, 2, 8, 32  # a tiny ViT on 32² images: a 4x4 grid
 GRID = IMG // P

@@ -7,8 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -221,3 +221,47 @@ def test_results_picture_draws_segm_results_without_boxes() -> None:
     assert drawn.shape == blank.shape and (drawn != blank).any()
     with_box = figures.results_picture(image, [{**seg[0], "bbox": [6.0, 4.0, 14.0, 8.0]}], {1: "a"})
     assert (with_box == drawn).all()  # the box taken from the mask is the mask's own box
+
+
+def test_prediction_pictures_are_legible() -> None:
+    """Masks translucent, one label per instance outside its box (above it, below it at the top edge), the
+    picture enlarged so labels stay small; detections under the score threshold not drawn."""
+    image = torch.full((3, 128, 128), 0.5)
+    masks = torch.zeros(2, 128, 128)
+    masks[0, 50:90, 40:100] = 1
+    masks[1, 0:20, 100:128] = 1  # touches the top edge: its label goes below
+    boxes = torch.tensor([[40.0, 50.0, 100.0, 90.0], [100.0, 0.0, 128.0, 20.0]])
+    bare = figures.draw_instances(image, boxes, masks)
+    labelled = figures.draw_instances(image, boxes, masks, ["disc 0.93", "square 0.61"])
+    s = labelled.shape[0] // 128
+    assert s >= 3 and labelled.shape[:2] == (128 * s, 128 * s)
+    inside = (slice(50 * s + 1, 90 * s - 1), slice(40 * s + 1, 100 * s - 1))
+    assert (labelled[inside] == bare[inside]).all()  # no label on the object
+    assert (labelled[50 * s - 16:50 * s, 40 * s:100 * s] != bare[50 * s - 16:50 * s, 40 * s:100 * s]).any()  # above
+    assert (labelled[20 * s + 1:20 * s + 18, 100 * s:] != bare[20 * s + 1:20 * s + 18, 100 * s:]).any()  # below
+    grey = bare[inside].reshape(-1, 3)
+    assert (grey != 127).any() and (grey.astype(int).sum(1) != 0).all()  # translucent: tinted, not painted over
+    plain = figures.draw_instances(image, boxes[:0], masks[:0])
+    output = {"boxes": boxes, "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.2, 0.3]),
+              "masks": masks[:, None]}
+    assert (figures.prediction_picture(image, output, {1: "disc", 2: "square"}, score_thresh=0.5) == plain).all()
+
+
+def test_explore_selects_runs_and_names_what_is_missing(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from studylib.report import explore
+
+    table = pd.DataFrame([{"family": "main", "name": f"{i}-main-s{s}", "experiment": "main", "init": i, "seed": s,
+                           "run": f"runs/main/{i}-main-s{s}"} for i in ("random", "mae") for s in (0, 1)])
+    assert list(explore.select(table, inits=["mae"], seeds=[1])["name"]) == ["mae-main-s1"]
+    assert len(explore.select(table)) == 4
+    with pytest.raises(ValueError, match="init mea: no finished run.*did you mean mae"):
+        explore.select(table, inits=["mea"])
+    for run, lr in (("a", "1e-4"), ("b", "2e-4")):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "config.yaml").write_text(yaml.safe_dump({"train": {"lr": float(lr), "weight_decay": 0.1}}))
+    diff = explore.config_diff(tmp_path / "a", tmp_path / "b")
+    assert list(diff.index) == ["train.lr"] and diff.iloc[0].tolist() == [1e-4, 2e-4]
+    with pytest.raises(ValueError, match="c/config.yaml is missing"):
+        explore.config_diff(tmp_path / "a", tmp_path / "c")

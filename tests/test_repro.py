@@ -11,7 +11,8 @@ import pytest
 from studylib import repro
 
 # Each stage records when it started and ended (seconds since the epoch) in its output file.
-STAGE = "python -c \"import time,sys; t=time.time(); time.sleep({sleep}); {fail}open('{out}','w').write(f'{{t}} {{time.time()}}')\""
+STAGE = ("python -c \"import time,sys; t=time.time(); time.sleep({sleep}); "
+         "{fail}open('{out}','w').write(f'{{t}} {{time.time()}}')\"")
 
 
 def project(root: Path, fail_b: bool = False) -> Path:

@@ -7,8 +7,17 @@ import torch
 import torch.nn.functional as F
 
 from studylib.models.pos_embed import resize_abs_pos_embed
-from studylib.models.vit import (PRESETS, Block, RelPosBias, ViT, build_backbone, default_global_blocks,
-                                 window_attn_mask, window_partition, window_unpartition)
+from studylib.models.vit import (
+    PRESETS,
+    Block,
+    RelPosBias,
+    ViT,
+    build_backbone,
+    default_global_blocks,
+    window_attn_mask,
+    window_partition,
+    window_unpartition,
+)
 
 # a 5x5 token grid with 3x3 windows: every windowed block pads 5 -> 6
 TINY = dict(img_size=20, patch_size=4, embed_dim=32, depth=8, num_heads=2, window_size=3, pretrain_img_size=12)

@@ -106,14 +106,18 @@ def _unique_ids(path: Path, key: str, entries: list, required: tuple[str, ...]) 
     return out
 
 
-def read_image(path: Path, height: int | None = None, width: int | None = None) -> torch.Tensor:
-    """Decode an image file to uint8 RGB (3, H, W), EXIF orientation applied; check its size."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode.startswith("I;16"):  # 16-bit grayscale: PIL's convert("RGB") would clip it
-            arr = (np.asarray(im, dtype=np.float32) / 257.0).round().astype(np.uint8)
-            im = Image.fromarray(arr, mode="L")
-        arr = np.asarray(im.convert("RGB"))
+def read_image(path: str | Path, height: int | None = None, width: int | None = None) -> torch.Tensor:
+    """Decode an image file to uint8 RGB (3, H, W), EXIF orientation applied; check its size when given.
+    An unreadable file raises a ValueError naming it and PIL's error."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode.startswith("I;16"):  # 16-bit grayscale: PIL's convert("RGB") would clip it
+                arr = (np.asarray(im, dtype=np.float32) / 257.0).round().astype(np.uint8)
+                im = Image.fromarray(arr, mode="L")
+            arr = np.asarray(im.convert("RGB"))
+    except (OSError, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
     if height is not None and arr.shape[:2] != (height, width):
         raise ValueError(
             f"{path}: image is {arr.shape[1]}x{arr.shape[0]} (w x h, after EXIF orientation) "

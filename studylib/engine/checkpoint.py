@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from timm.utils import unwrap_model
 
 from ..io import atomic_torch_save
 
@@ -44,11 +45,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside DistributedDataParallel."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                     iteration: int, epoch: int, position: int, rng: list[dict] | None = None,
                     scaler: torch.amp.GradScaler | None = None, extra: dict | None = None) -> Path:
@@ -57,7 +53,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     `rng` holds one `rng_state()` per process (rank order); default: this process's only.
     """
     state = {
-        "model": unwrap(model).state_dict(),
+        "model": unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -88,7 +84,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     missing = [k for k in ("model", "optimizer", "scheduler", "iteration", "epoch", "position", "rng") if k not in state]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {missing}: not written by studylib.engine")
-    unwrap(model).load_state_dict(state["model"])
+    unwrap_model(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from timm.utils import unwrap_model
 from torch.utils.data import Dataset, Subset
 
 from ..data import collate_fn
-from .checkpoint import unwrap
 from .distributed import DistInfo
 
 
@@ -45,7 +45,7 @@ def predict(model: nn.Module, dataset: Dataset, device: torch.device, amp: str =
     base = dataset.dataset if isinstance(dataset, Subset) else dataset
     rank, world = (dist_info.rank, dist_info.world_size) if dist_info else (0, 1)
     indices = list(range(rank, len(dataset), world))
-    net = unwrap(model)
+    net = unwrap_model(model)
     was_training = net.training
     net.eval()
     bbox, segm, ids, seconds = [], [], [], 0.0

@@ -22,20 +22,31 @@ import random
 import resource
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from filelock import FileLock, Timeout
+from timm.utils import unwrap_model
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import ExperimentConfig
-from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, exclusive_lock
+from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
 from .build import base_dataset, build_datasets, build_model
-from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, unwrap
-from .distributed import DistInfo, ShardedBatchSampler, barrier, per_process_batch, reduce_mean, wrap_ddp
+from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint
+from .distributed import (
+    DistInfo,
+    ShardedBatchSampler,
+    barrier,
+    broadcast_object,
+    per_process_batch,
+    reduce_mean,
+    wrap_ddp,
+)
 from .inference import autocast, evaluate
 from .optim import build_optimizer, effective_lr
 from .schedule import build_scheduler, num_iterations, warmup_iterations
@@ -138,147 +149,204 @@ def to_device(images: list[torch.Tensor], targets: list[dict], device: torch.dev
     return images, targets
 
 
+@dataclass
+class Training:
+    """What one run carries from step to step: data, model, optimizer, schedule, and where it writes."""
+
+    cfg: ExperimentConfig
+    out_dir: Path
+    dist_info: DistInfo
+    train_set: Any
+    val_set: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None
+    sampler: ShardedBatchSampler
+    total: int
+    warmup: int
+    lr: float
+    n_parameters: int
+    train_time: float = 0.0
+    step_times: list[float] = field(default_factory=list)
+
+    @property
+    def ckpt(self) -> Path:
+        return checkpoint_path(self.out_dir)
+
+
 def train(cfg: ExperimentConfig, out_dir: str | Path, dist_info: DistInfo, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) the fine-tuning of `cfg` into `out_dir`; returns metrics.json's content (on every rank)."""
     out_dir = Path(out_dir)
-    device, main = dist_info.device, dist_info.is_main
-    tc = cfg.train
-    if main:
-        lock = exclusive_lock(out_dir / ".run.lock")  # one writer per output folder
+    lock = FileLock(out_dir / ".run.lock", timeout=0) if dist_info.is_main else None
+    if lock is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire()  # one writer per output folder; the OS releases it when the process dies
+        except Timeout:
+            raise RuntimeError(f"{out_dir} is being written by another run (it holds .run.lock)") from None
         cfg.save(out_dir / "config.yaml")
         (out_dir / "metrics.json").unlink(missing_ok=True)  # metrics.json marks a complete run
+    run = setup(cfg, out_dir, dist_info)
+    start = restore(run) if resume else 0
+    history = History(out_dir, start, dist_info.is_main, resume)
+    train_loop(run, start, history)
+    metrics = finish(run, history)
+    if lock is not None:
+        (out_dir / ".run.lock").unlink(missing_ok=True)
+        lock.release()
+    barrier()
+    return broadcast_object(metrics)
+
+
+def setup(cfg: ExperimentConfig, out_dir: Path, dist_info: DistInfo) -> Training:
+    """Data, model (DDP when distributed), optimizer and schedule of a run, seeded as the recipe says."""
+    device, tc = dist_info.device, cfg.train
     if tc.threads is not None and device.type == "cpu":
         torch.set_num_threads(tc.threads)  # oversubscribed cores cost far more than they give
     set_determinism(tc.deterministic, device)
     train_set, val_set = build_datasets(cfg, dist_info)
     seed_all(tc.seed)  # after the data: generating it or not must not change the model's initialization
-    model = build_model(cfg, base_dataset(train_set).num_classes, out_dir if main else None).to(device)
+    model = build_model(cfg, base_dataset(train_set).num_classes, out_dir if dist_info.is_main else None).to(device)
     n_parameters = sum(p.numel() for p in model.parameters())
     if dist_info.distributed:
         model = wrap_ddp(model, device)
-
-    global_batch = tc.batch_size
-    sampler = ShardedBatchSampler(len(train_set), per_process_batch(global_batch, dist_info.world_size),
+    sampler = ShardedBatchSampler(len(train_set), per_process_batch(tc.batch_size, dist_info.world_size),
                                   dist_info.rank, dist_info.world_size, seed=tc.seed)
-    total = num_iterations(tc.epochs, len(train_set), global_batch, tc.max_iters)
-    warmup = warmup_iterations(tc.warmup_epochs, len(train_set), global_batch, total)
-    lr = effective_lr(tc.lr, tc.lr_mult, global_batch, tc.base_batch_size)
+    total = num_iterations(tc.epochs, len(train_set), tc.batch_size, tc.max_iters)
+    warmup = warmup_iterations(tc.warmup_epochs, len(train_set), tc.batch_size, total)
+    lr = effective_lr(tc.lr, tc.lr_mult, tc.batch_size, tc.base_batch_size)
     optimizer = build_optimizer(model, lr, tc.weight_decay, tc.betas, tc.layer_decay)
     scheduler = build_scheduler(optimizer, total, warmup)
-    use_fp16 = device.type == "cuda" and tc.amp == "fp16"
-    scaler = torch.amp.GradScaler("cuda") if use_fp16 else None
-
-    start, train_time = 0, 0.0
-    ckpt = checkpoint_path(out_dir)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and tc.amp == "fp16" else None
     seed_all(tc.seed + dist_info.rank)  # each process its own augmentation / drop-path stream
-    if resume and ckpt.is_file():
-        state = load_checkpoint(ckpt, model, optimizer, scheduler, scaler, device, dist_info.rank,
-                                dist_info.world_size)
-        start, train_time = state["iteration"], state["extra"].get("train_time_s", 0.0)
-        if not state["rng_restored"]:
-            seed_all(tc.seed + dist_info.rank + 7919 * start)
-            if main:
-                print(f"[train] {ckpt} was written by {len(state['rng'])} process(es), this run has "
-                      f"{dist_info.world_size}: RNG streams reseeded", file=sys.stderr)
-        if main:
-            print(f"[train] resumed from {ckpt} at iteration {start}/{total}", file=sys.stderr)
-    elif resume and main:
-        print(f"[train] --resume: no checkpoint at {ckpt}, starting from iteration 0", file=sys.stderr)
+    return Training(cfg, out_dir, dist_info, train_set, val_set, model, optimizer, scheduler, scaler, sampler,
+                    total, warmup, lr, n_parameters)
 
-    history = History(out_dir, start, main, resume)
+
+def restore(run: Training) -> int:
+    """Resume from the run's checkpoint, if there is one: the iteration it continues after (0 without one)."""
+    dist_info, ckpt = run.dist_info, run.ckpt
+    if not ckpt.is_file():
+        if dist_info.is_main:
+            print(f"[train] --resume: no checkpoint at {ckpt}, starting from iteration 0", file=sys.stderr)
+        return 0
+    state = load_checkpoint(ckpt, run.model, run.optimizer, run.scheduler, run.scaler, dist_info.device,
+                            dist_info.rank, dist_info.world_size)
+    start, run.train_time = state["iteration"], state["extra"].get("train_time_s", 0.0)
+    if not state["rng_restored"]:
+        seed_all(run.cfg.train.seed + dist_info.rank + 7919 * start)
+        if dist_info.is_main:
+            print(f"[train] {ckpt} was written by {len(state['rng'])} process(es), this run has "
+                  f"{dist_info.world_size}: RNG streams reseeded", file=sys.stderr)
+    if dist_info.is_main:
+        print(f"[train] resumed from {ckpt} at iteration {start}/{run.total}", file=sys.stderr)
+    return start
+
+
+def save(run: Training, iteration: int) -> None:
+    """An atomic checkpoint after `iteration` steps, with every process's RNG states (written by rank 0)."""
+    rngs = [rng_state()]
+    if run.dist_info.distributed:
+        rngs = [None] * run.dist_info.world_size
+        dist.all_gather_object(rngs, rng_state())
+    if run.dist_info.is_main:
+        epoch, position = divmod(iteration, run.sampler.batches_per_epoch)
+        save_checkpoint(run.ckpt, run.model, run.optimizer, run.scheduler, iteration, epoch, position, rngs,
+                        run.scaler, extra={"train_time_s": run.train_time, "total": run.total})
+    barrier()
+
+
+def train_step(run: Training, images: list[torch.Tensor], targets: list[dict], iteration: int
+               ) -> tuple[dict[str, float], float]:
+    """One optimizer step (iteration is its 1-based number): the losses averaged over processes, and its lr."""
+    device, amp = run.dist_info.device, run.cfg.train.amp
+    images, targets = to_device(images, targets, device)
+    group = run.optimizer.param_groups[0]
+    lr_now = group["lr"] / group["lr_scale"]
+    with autocast(device, amp):
+        loss_dict = run.model(images, targets)
+    loss = sum(loss_dict.values())
+    logged = reduce_mean({"loss": loss.detach(), **{k: v.detach() for k, v in loss_dict.items()}})
+    check_finite(iteration, logged)
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        loss.backward()
+        run.optimizer.step()
+    run.scheduler.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return {k: float(v) for k, v in logged.items()}, lr_now
+
+
+def train_loop(run: Training, start: int, history: History) -> None:
+    """Iterations start+1 .. total: steps, logs, checkpoints, periodic evaluations."""
+    cfg, dist_info, tc = run.cfg, run.dist_info, run.cfg.train
+    device, main, global_batch = dist_info.device, dist_info.is_main, tc.batch_size
     log_every, tty = max(1, tc.log_every), sys.stderr.isatty()
-    bar = tqdm(total=total, initial=start, disable=not (main and tty), dynamic_ncols=True, desc=cfg.name)
+    bar = tqdm(total=run.total, initial=start, disable=not (main and tty), dynamic_ncols=True, desc=cfg.name)
     if main:
-        print(f"[train] {cfg.name}: {total} iterations ({len(train_set)} images, global batch {global_batch} on "
-              f"{dist_info.world_size} process(es), {device.type}), lr {lr:.3g}, warmup {warmup}, "
-              f"{n_parameters / 1e6:.2f}M parameters", file=sys.stderr)
-
-    def save(iteration: int) -> None:
-        rngs = [rng_state()]
-        if dist_info.distributed:
-            rngs = [None] * dist_info.world_size
-            dist.all_gather_object(rngs, rng_state())
-        if main:
-            epoch, position = divmod(iteration, sampler.batches_per_epoch)
-            save_checkpoint(ckpt, model, optimizer, scheduler, iteration, epoch, position, rngs, scaler,
-                            extra={"train_time_s": train_time, "total": total})
-        barrier()
-
-    iteration, step_times = start, []
-    model.train()
+        print(f"[train] {cfg.name}: {run.total} iterations ({len(run.train_set)} images, global batch {global_batch} "
+              f"on {dist_info.world_size} process(es), {device.type}), lr {run.lr:.3g}, warmup {run.warmup}, "
+              f"{run.n_parameters / 1e6:.2f}M parameters", file=sys.stderr)
+    iteration = start
+    run.model.train()
     try:
-        while iteration < total:
-            epoch, position = divmod(iteration, sampler.batches_per_epoch)
-            sampler.set_epoch(epoch, position)
+        while iteration < run.total:
+            epoch, position = divmod(iteration, run.sampler.batches_per_epoch)
+            run.sampler.set_epoch(epoch, position)
             # the loader's own generator: creating it mid-epoch on resume must not draw from the global RNG
             gen = torch.Generator().manual_seed(tc.seed + 1000 * epoch + dist_info.rank)
-            loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=_collate, num_workers=cfg.data.workers,
-                                pin_memory=device.type == "cuda", generator=gen)
+            loader = DataLoader(run.train_set, batch_sampler=run.sampler, collate_fn=_collate,
+                                num_workers=cfg.data.workers, pin_memory=device.type == "cuda", generator=gen)
             for images, targets in loader:
                 t0 = time.perf_counter()
-                images, targets = to_device(images, targets, device)
-                lr_now = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_scale"]
-                with autocast(device, tc.amp):
-                    loss_dict = model(images, targets)
-                loss = sum(loss_dict.values())
-                logged = reduce_mean({"loss": loss.detach(), **{k: v.detach() for k, v in loss_dict.items()}})
-                check_finite(iteration + 1, logged)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                scheduler.step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                values, lr_now = train_step(run, images, targets, iteration + 1)
                 dt = time.perf_counter() - t0
-                train_time += dt
+                run.train_time += dt
                 iteration += 1
                 if iteration - start > WARMUP_ITERS_SKIPPED:
-                    step_times.append(dt)
-                values = {k: float(v) for k, v in logged.items()}
+                    run.step_times.append(dt)
                 history.log(iteration, values, lr_now)
                 bar.update(1)
                 bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr_now:.2e}", img_s=f"{global_batch / dt:.1f}")
-                if main and not tty and (iteration % log_every == 0 or iteration == total):
-                    eta = (total - iteration) * (sum(step_times) / len(step_times) if step_times else dt)
-                    print(f"[train] iter {iteration}/{total} {format_losses(values)} lr {lr_now:.3g} "
+                if main and not tty and (iteration % log_every == 0 or iteration == run.total):
+                    eta = (run.total - iteration) * (sum(run.step_times) / len(run.step_times) if run.step_times else dt)
+                    print(f"[train] iter {iteration}/{run.total} {format_losses(values)} lr {lr_now:.3g} "
                           f"{global_batch / dt:.1f} img/s eta {eta:.0f}s", file=sys.stderr, flush=True)
-                if iteration % tc.checkpoint_every == 0 or iteration == total:
-                    save(iteration)
-                if tc.eval_every and iteration % tc.eval_every == 0 and iteration < total:
-                    result = evaluate(model, val_set, device, tc.amp, cfg.eval.backend, dist_info=dist_info)
+                if iteration % tc.checkpoint_every == 0 or iteration == run.total:
+                    save(run, iteration)
+                if tc.eval_every and iteration % tc.eval_every == 0 and iteration < run.total:
+                    result = evaluate(run.model, run.val_set, device, tc.amp, cfg.eval.backend, dist_info=dist_info)
                     if result is not None:
                         history.log_eval(result["metrics"])
-                if iteration >= total:
+                if iteration >= run.total:
                     break  # the final evaluation is logged at this step
                 history.next_step()
     finally:
         bar.close()
 
-    result = evaluate(model, val_set, device, tc.amp, cfg.eval.backend, dist_info=dist_info)
-    metrics: dict[str, Any] = {}
-    if main:
-        metrics = write_outputs(cfg, out_dir, model, result, history)
-        metrics.update({
-            "n_parameters": n_parameters, "seed": tc.seed, "train/iterations": total,
-            "train/global_batch": global_batch, "train/world_size": dist_info.world_size, "train/lr_eff": lr,
-            "train/time_s": train_time,
-            "train/iter_time_s": float(np.mean(step_times)) if step_times else float("nan"),
-            "train/peak_mem_gb": peak_memory_gb(device),
-        })
-        history.close()
-        atomic_write_json(out_dir / "metrics.json", metrics)  # last: marks the run complete
-        (out_dir / ".run.lock").unlink(missing_ok=True)
-        lock.close()
-    barrier()
-    if dist_info.distributed:
-        box = [metrics]
-        dist.broadcast_object_list(box, src=0)
-        metrics = box[0]
+
+def finish(run: Training, history: History) -> dict[str, Any]:
+    """The final evaluation; on rank 0 the run's outputs and metrics.json (written last), returned."""
+    tc, dist_info = run.cfg.train, run.dist_info
+    result = evaluate(run.model, run.val_set, dist_info.device, tc.amp, run.cfg.eval.backend, dist_info=dist_info)
+    if not dist_info.is_main:
+        return {}
+    metrics = write_outputs(run.cfg, run.out_dir, run.model, result, history)
+    metrics.update({
+        "n_parameters": run.n_parameters, "seed": tc.seed, "train/iterations": run.total,
+        "train/global_batch": tc.batch_size, "train/world_size": dist_info.world_size, "train/lr_eff": run.lr,
+        "train/time_s": run.train_time,
+        "train/iter_time_s": float(np.mean(run.step_times)) if run.step_times else float("nan"),
+        "train/peak_mem_gb": peak_memory_gb(dist_info.device),
+    })
+    history.close()
+    atomic_write_json(run.out_dir / "metrics.json", metrics)  # last: marks the run complete
     return metrics
 
 
@@ -293,7 +361,7 @@ def write_outputs(cfg: ExperimentConfig, out_dir: Path, model: torch.nn.Module, 
     """model.pth, COCO results, tide.json; returns the evaluation metrics (rank 0)."""
     from ..evaluation import save_results, tide_errors
 
-    atomic_torch_save(out_dir / "model.pth", unwrap(model).state_dict())
+    atomic_torch_save(out_dir / "model.pth", unwrap_model(model).state_dict())
     save_results(out_dir / "coco_results_bbox.json", result["bbox_results"])
     save_results(out_dir / "coco_results_segm.json", result["segm_results"])
     metrics = dict(result["metrics"])

@@ -151,6 +151,29 @@ def evaluate_results(
     Values are exactly `COCOeval.stats`: in [0, 1], or -1 where the ground truth has no object
     in that area range (COCOeval's convention). `verbose` prints COCOeval's summary table.
     """
+    E = _cocoeval(gt, results, iou_type, backend, verbose)
+    stats = np.asarray(E.stats, dtype=np.float64)
+    if stats.shape != (len(STAT_NAMES),):
+        raise RuntimeError(f"{backend} COCOeval returned {stats.shape[0]} stats, expected {len(STAT_NAMES)}")
+    return {k: float(v) for k, v in zip(stat_keys(iou_type), stats)}
+
+
+def per_category_ap(gt: Any, results: Any, iou_type: IouType, backend: Backend = "pycocotools") -> dict[str, float]:
+    """AP (IoU 0.5:0.95, all areas, 100 detections) of each ground-truth category, by category name:
+    COCOeval's precision table averaged per category as `stats[0]` averages it over all (-1 where the
+    ground truth has no instance of the category)."""
+    E = _cocoeval(gt, results, iou_type, backend)
+    precision = np.asarray(E.eval["precision"])[:, :, :, 0, -1]  # [IoU, recall, category] at area all, maxDets 100
+    names = {c["id"]: c["name"] for c in E.cocoGt.dataset["categories"]}
+    out = {}
+    for k, cat in enumerate(E.params.catIds):
+        p = precision[:, :, k]
+        out[names[cat]] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
+    return out
+
+
+def _cocoeval(gt: Any, results: Any, iou_type: str, backend: str, verbose: bool = False) -> Any:
+    """COCOeval of `results` against `gt`, evaluated, accumulated and summarized."""
     _check_choice("iou_type", iou_type, IOU_TYPES)
     _check_choice("backend", backend, BACKENDS)
     coco_gt = load_gt(gt, backend)
@@ -170,7 +193,4 @@ def evaluate_results(
         E.evaluate()
         E.accumulate()
         E.summarize()
-    stats = np.asarray(E.stats, dtype=np.float64)
-    if stats.shape != (len(STAT_NAMES),):
-        raise RuntimeError(f"{backend} COCOeval returned {stats.shape[0]} stats, expected {len(STAT_NAMES)}")
-    return {k: float(v) for k, v in zip(stat_keys(iou_type), stats)}
+    return E

@@ -71,7 +71,7 @@ def predictions_to_results(
             )
         if n == 0:
             continue
-        unknown = sorted({int(l) for l in labels.tolist()} - set(label_to_category_id))
+        unknown = sorted({int(label) for label in labels.tolist()} - set(label_to_category_id))
         if unknown:
             raise ValueError(
                 f"outputs[{i}] has labels {unknown} missing from label_to_category_id "

@@ -2,8 +2,8 @@
 
 - 2-D sin-cos absolute embeddings (as MAE and MoCo v3 use, fixed during pre-training);
 - resizing of absolute embeddings from the pre-training grid to the fine-tuning grid (timm);
-- BEiT-style relative position bias: the index of a (2h-1)x(2w-1) table for an h x w grid,
-  and the bicubic resize of such a table to another grid.
+- BEiT-style relative position bias: the index of a (2h-1)x(2w-1) table for an h x w grid
+  (timm's `gen_relative_position_index`) and the bicubic resize of such a table to another grid (timm's).
 
 References: MAE util/pos_embed.py, BEiT modeling_finetune.py, timm layers/pos_embed.py.
 """
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
+from timm.layers import gen_relative_position_index, resample_abs_pos_embed, resize_rel_pos_bias_table_simple
 
 
 def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int | tuple[int, int], cls_token: bool = False) -> np.ndarray:
@@ -57,28 +56,20 @@ def resize_abs_pos_embed(pos_embed: torch.Tensor, new_hw: tuple[int, int], num_p
     return grid.reshape(1, new_hw[0], new_hw[1], -1)
 
 
-def relative_position_index(h: int, w: int) -> torch.Tensor:
-    """(h*w, h*w) long index into a ((2h-1)*(2w-1), heads) table, BEiT style (no class token)."""
-    coords = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).flatten(1)  # 2, hw
-    rel = coords[:, :, None] - coords[:, None, :]  # 2, hw, hw
-    rel[0] += h - 1
-    rel[1] += w - 1
-    return rel[0] * (2 * w - 1) + rel[1]
-
-
 def resize_rel_pos_table(table: torch.Tensor, old_hw: tuple[int, int], new_hw: tuple[int, int]) -> torch.Tensor:
-    """Resize a ((2h-1)*(2w-1), heads) relative-bias table to another grid (bicubic over the 2-D table).
+    """Resize a ((2h-1)*(2w-1), heads) relative-bias table of a square grid to another grid (bicubic over the
+    2-D table: timm's `resize_rel_pos_bias_table_simple`, checked first).
 
     The identity when the grid is unchanged. Extra rows (BEiT's 3 class-token entries) must be
     removed by the caller first.
     """
     oh, ow = 2 * old_hw[0] - 1, 2 * old_hw[1] - 1
-    nh, nw = 2 * new_hw[0] - 1, 2 * new_hw[1] - 1
     if table.shape[0] != oh * ow:
         raise ValueError(f"relative table has {table.shape[0]} rows, expected {oh}x{ow}={oh * ow} for grid {old_hw}")
-    if (oh, ow) == (nh, nw):
-        return table
-    heads = table.shape[1]
-    grid = table.t().reshape(1, heads, oh, ow).float()
-    grid = F.interpolate(grid, size=(nh, nw), mode="bicubic", align_corners=False)
-    return grid.reshape(heads, nh * nw).t().to(table.dtype)
+    if old_hw[0] != old_hw[1]:
+        raise ValueError(f"relative table of grid {old_hw}: only square grids are resized")
+    new_rows = (2 * new_hw[0] - 1) * (2 * new_hw[1] - 1)
+    return resize_rel_pos_bias_table_simple(table, tuple(new_hw), (new_rows, table.shape[1]))
+
+
+__all__ = ["gen_relative_position_index", "get_2d_sincos_pos_embed", "resize_abs_pos_embed", "resize_rel_pos_table"]

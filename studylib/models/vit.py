@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
 
-from .pos_embed import relative_position_index, resize_abs_pos_embed, resize_rel_pos_table
+from .pos_embed import gen_relative_position_index, resize_abs_pos_embed, resize_rel_pos_table
 
 # name -> constructor keywords. Global blocks default to each d/4-th block (the paper's hybrid).
 PRESETS: dict[str, dict] = {
@@ -94,13 +94,13 @@ class RelPosBias(nn.Module):
         super().__init__()
         self.grid = tuple(grid)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * grid[0] - 1) * (2 * grid[1] - 1), num_heads))
-        self.register_buffer("relative_position_index", relative_position_index(*grid), persistent=False)
+        self.register_buffer("relative_position_index", gen_relative_position_index(tuple(grid)), persistent=False)
 
     def forward(self, hw: tuple[int, int]) -> torch.Tensor:
         table, index = self.relative_position_bias_table, self.relative_position_index
         if tuple(hw) != self.grid:
             table = resize_rel_pos_table(table, self.grid, hw)
-            index = relative_position_index(*hw).to(table.device)
+            index = gen_relative_position_index(tuple(hw)).to(table.device)
         n = hw[0] * hw[1]
         return table[index.view(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
 
@@ -289,10 +289,10 @@ class ViT(nn.Module):
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, H/p, W/p, C): the last block's output (there is no final norm)."""
-        x = self._embed(images)
-        for _, x in self._blocks(x):
-            pass
-        return x
+        out = self._embed(images)
+        for _, feature in self._blocks(out):
+            out = feature
+        return out
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> the outputs of the blocks in `out_indices`, each (B, C, H/p, W/p)."""

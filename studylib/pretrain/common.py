@@ -24,13 +24,12 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.optim import param_groups_weight_decay
-from timm.scheduler import CosineLRScheduler
 from torch.utils.data import Dataset, default_collate
-from PIL import Image
 from torchvision.transforms import v2
-from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
+from ..data.coco import read_image  # noqa: F401 (the one image reader; the methods import it from here)
+from ..engine.schedule import build_scheduler
 from ..io import atomic_torch_save, atomic_write_text
 from .config import PretrainConfig
 
@@ -47,15 +46,6 @@ def find_images(image_dir: str | Path) -> list[Path]:
     if not files:
         raise ValueError(f"image folder {root} contains no {'/'.join(IMAGE_EXTENSIONS)} images (searched recursively)")
     return files
-
-
-def read_image(path: str | Path) -> torch.Tensor:
-    """(3, H, W) uint8 RGB; an unreadable file raises a ValueError naming it."""
-    try:
-        with Image.open(path) as im:
-            return pil_to_tensor(im.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
 
 
 def normalize() -> v2.Transform:
@@ -175,13 +165,14 @@ def train(task: Task, cfg: PretrainConfig, method: str, out_path: str | Path) ->
     model = task.model
     groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=task.no_weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
-    scheduler = CosineLRScheduler(optimizer, t_initial=cfg.steps, warmup_t=cfg.warmup_steps, warmup_lr_init=0.0,
-                                  t_in_epochs=False)
+    # the fine-tuning schedule (linear warmup x half-period cosine), warming up from 0
+    scheduler = build_scheduler(optimizer, cfg.steps, cfg.warmup_steps, warmup_factor=0.0)
     start, history = 0, []
     if cfg.resume:
         state = _load_state(paths, method, cfg)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
         start, history = state["step"], [tuple(h) for h in state["history"]]
     elif task.prepare is not None:
         task.prepare()
@@ -190,14 +181,13 @@ def train(task: Task, cfg: PretrainConfig, method: str, out_path: str | Path) ->
 
     def save_state(step: int) -> None:
         atomic_save({"method": method, "step": step, "config": cfg.result_dict(), "model": model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "history": history}, paths.state)
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history}, paths.state)
         write_loss_log(paths.loss_log, history)
 
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"pretrain {method}", disable=not cfg.progress)
     for step in bar:
-        scheduler.step_update(step)
         torch.manual_seed(step_seed(cfg.seed, step))
         idx = batch_indices(len(task.dataset), cfg.batch_size, cfg.seed, step)
         batch = task.collate([task.dataset[i] for i in idx])
@@ -210,6 +200,7 @@ def train(task: Task, cfg: PretrainConfig, method: str, out_path: str | Path) ->
             torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
         optimizer.step()
         history.append((step + 1, loss.item(), optimizer.param_groups[0]["lr"]))
+        scheduler.step()
         bar.set_postfix(loss=f"{history[-1][1]:.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
             save_state(step + 1)

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models.vision_transformer import VisionTransformer, init_weights_vit_moco
 from timm.models._manipulate import named_apply
+from timm.models.vision_transformer import VisionTransformer, init_weights_vit_moco
 from torchvision.transforms import v2
 
 from .common import ImageFolder, Task, epochs_done, normalize

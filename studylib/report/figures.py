@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 DPI = 100
@@ -35,18 +36,41 @@ def save(fig: plt.Figure, path: str | Path) -> Path:
 PALETTE = [tuple(int(255 * c) for c in rgb) for rgb in sns.color_palette("bright", 10)]
 
 
+LABEL_PX = 11  # label text height on the drawn picture
+MIN_SIDE = 384  # pictures are enlarged (nearest) to at least this side, so labels stay small beside 128² objects
+
+
 def draw_instances(image: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor | None = None,
-                   labels: Sequence[str] | None = None) -> np.ndarray:
-    """An HWC uint8 picture of `image` (CHW in [0, 1]) with xyxy `boxes` and binary `masks` (N×H×W)."""
+                   labels: Sequence[str] | None = None, min_side: int = MIN_SIDE) -> np.ndarray:
+    """An HWC uint8 picture of `image` (CHW in [0, 1]) with binary `masks` (N×H×W) drawn translucent, thin xyxy
+    `boxes` and one label per instance outside its box (above it, or below when it touches the top edge)."""
     canvas = (image.clamp(0, 1) * 255).to(torch.uint8).cpu()
     # explicit colors: torchvision's default palette draws the first instance in black (0, 0, 0)
     colors = [PALETTE[i % len(PALETTE)] for i in range(max(len(boxes), len(masks) if masks is not None else 0))]
     if masks is not None and len(masks):
-        canvas = draw_segmentation_masks(canvas, masks.bool().cpu(), alpha=0.45, colors=colors[:len(masks)])
+        canvas = draw_segmentation_masks(canvas, masks.bool().cpu(), alpha=0.4, colors=colors[:len(masks)])
+    scale = max(1, -(-min_side // min(canvas.shape[1:])))
+    canvas = canvas.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    boxes = boxes.cpu().float() * scale
     if len(boxes):
-        canvas = draw_bounding_boxes(canvas, boxes.cpu().float(), labels=list(labels) if labels else None, width=1,
-                                     colors=colors[:len(boxes)])
-    return canvas.permute(1, 2, 0).numpy()
+        canvas = draw_bounding_boxes(canvas, boxes, width=1, colors=colors[:len(boxes)])
+    picture = Image.fromarray(canvas.permute(1, 2, 0).numpy())
+    for box, text, color in zip(boxes.tolist(), labels or [], colors):
+        _label(ImageDraw.Draw(picture), box, text, color)
+    return np.asarray(picture)
+
+
+def _label(draw: ImageDraw.ImageDraw, box: list[float], text: str, color: tuple[int, int, int]) -> None:
+    """`text` on a patch of the instance's color just outside `box` (above, else below, else inside the top)."""
+    font = ImageFont.load_default(size=LABEL_PX)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    w, h = right - left + 4, bottom - top + 2
+    width, height = draw.im.size
+    x = min(max(0, int(box[0])), max(0, width - w))
+    y = int(box[1]) - h - 1 if box[1] - h - 1 >= 0 else int(box[3]) + 2 if box[3] + h + 2 <= height else int(box[1])
+    draw.rectangle((x, y, x + w - 1, y + h - 1), fill=color)
+    ink = (0, 0, 0) if sum(color) > 382 else (255, 255, 255)
+    draw.text((x + 2 - left, y + 1 - top), text, fill=ink, font=font)
 
 
 def image_grid(pictures: list[list[np.ndarray]], row_titles: Sequence[str], col_titles: Sequence[str],

@@ -135,17 +135,24 @@ def init_checkpoint(params: str | Path | dict, kind: str, experiment: str) -> st
     return f"inits/{kind}/{backbone}/checkpoint.pth"
 
 
-def run_sets(params: str | Path | dict, init: str, experiment: str = "main", seed: int | None = None,
-             schedule: float = 1.0, checkpoint: str | None = None) -> list[str]:
-    """`--set` strings making a study run: its init, the study's epochs x schedule, seed and checkpoint."""
+def run_sets(params: str | Path | dict, init: str | None, experiment: str = "main", seed: int | None = None,
+             schedule: float | None = 1.0, checkpoint: str | None = None) -> list[str]:
+    """`--set` strings making a run of `experiment`; each argument left None (or "") keeps the experiment's own.
+
+    init: init.kind, and init.checkpoint = the init stage's file for the experiment's size (unless
+    `checkpoint`); schedule: train.epochs = study.epochs[pretrained|random] x schedule (the study's runs);
+    seed: train.seed; checkpoint: init.checkpoint.
+    """
     s = study(params)
-    if init not in config.INITS:
+    if init and init not in config.INITS:
         raise ValueError(f"init = {init!r}; {config.closest(init, config.INITS)}")
-    epochs = s["epochs"]["random" if init == "random" else "pretrained"] * schedule
-    sets = [f"init.kind={init}", f"train.epochs={epochs}"]
+    kind = init or config.load(params, experiment).init.kind
+    sets = [f"init.kind={init}"] if init else []
+    if schedule is not None:
+        sets.append(f"train.epochs={s['epochs']['random' if kind == 'random' else 'pretrained'] * schedule}")
     if seed is not None:
         sets.append(f"train.seed={seed}")
-    ckpt = checkpoint or init_checkpoint(params, init, experiment)
+    ckpt = checkpoint or (init_checkpoint(params, init, experiment) if init else None)
     if ckpt:
         sets.append(f"init.checkpoint={ckpt}")
     return sets
@@ -169,7 +176,7 @@ def check(params: str | Path | dict) -> dict[str, Any]:
     for name in ["baseline", *config.experiment_names(params)]:
         config.load(params, name)
         checked.append(name)
-    for family, items in runs(params).items():
+    for items in runs(params).values():
         for run in items:
             config.load(params, run.experiment, run_sets(params, run.init, run.experiment, run.seed, run.schedule))
     for name in s["complexity"]["experiments"]:

@@ -1,0 +1,43 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Model complexity (Table 5)
+# Parameters, FLOPs and activations counted at run time on real validation images (mean ± std), and inference fps, for one experiment (random weights).
+
+# %%
+import os
+
+from studylib import complexity, config
+from studylib.io import atomic_write_json, project_root
+from studylib.report import study
+
+os.chdir(project_root())  # Jupyter starts the kernel in notebooks/: every path below is the project's
+
+# %% tags=["parameters"]
+params_file = "params.yaml"
+experiment = "main"
+out_path = ""  # "": runs/complexity/<experiment>.json
+
+# %%
+s = study.study(params_file)["complexity"]
+cfg = config.load(params_file, experiment, ["init.kind=random", "init.checkpoint=null"])
+out_path = out_path or f"runs/complexity/{experiment}.json"
+print(cfg.model.backbone, cfg.data.img_size, out_path)
+
+# %%
+result = complexity.measure(cfg, s["images"], s["fps_images"])
+atomic_write_json(out_path, result)
+result
