@@ -34,6 +34,7 @@ from tqdm import tqdm
 from ..config import ExperimentConfig
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, exclusive_lock
 from .build import base_dataset, build_datasets, build_model
+from . import preempt
 from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, unwrap
 from .distributed import (DistInfo, ShardedBatchSampler, barrier, convert_sync_batchnorm, per_process_batch,
                           reduce_mean)
@@ -250,8 +251,11 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, dist_info: DistInfo, resum
                     eta = (total - iteration) * (sum(step_times) / len(step_times) if step_times else dt)
                     print(f"[train] iter {iteration}/{total} {format_losses(values)} lr {lr_now:.3g} "
                           f"{global_batch / dt:.1f} img/s eta {eta:.0f}s", file=sys.stderr, flush=True)
-                if iteration % tc.checkpoint_every == 0 or iteration == total:
+                stop = preempt.stop_requested()  # a scheduler's warning (launch/slurm.py): save now, requeue
+                if stop or iteration % tc.checkpoint_every == 0 or iteration == total:
                     save(iteration)
+                if stop:
+                    raise preempt.Preempted(iteration)
                 if tc.eval_every and iteration % tc.eval_every == 0 and iteration < total:
                     result = evaluate(model, val_set, device, tc.amp, cfg.eval.backend, dist_info=dist_info)
                     if result is not None:
