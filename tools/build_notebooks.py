@@ -56,7 +56,7 @@ NOTEBOOKS["pretrain"] = [
            "`random` writes a marker only."),
     ("code", "import json\nimport os\nimport shutil\nfrom pathlib import Path\n\n"
              "import matplotlib.pyplot as plt\nimport pandas as pd\n\n"
-             "from studylib import config, pretrain\nfrom studylib.checkpoints import load_pretrained\n"
+             "from studylib import config, launch, pretrain\nfrom studylib.checkpoints import load_pretrained\n"
              "from studylib.engine.build import backbone_kwargs, data_paths\nfrom studylib.io import atomic_write_json\n"
              "from studylib.models import build_backbone\nfrom studylib.pretrain.config import ENCODER_KEYS\n"
              "from studylib.report import figures, study"),
@@ -101,7 +101,7 @@ NOTEBOOKS["pretrain"] = [
              '        root = Path(base.data.root)\n'
              '        images = paths["train_images"] if kind == "supervised" or base.data.kind == "coco" else root / "unlabeled"\n'
              '        ann = paths["train_ann"] if kind == "supervised" else None\n'
-             "        summary = pretrain.run(study.PRETRAIN_METHOD[kind], images, target, pcfg, ann_file=ann)\n"
+             "        summary = launch.pretrain(study.PRETRAIN_METHOD[kind], images, target, pcfg, ann_file=ann)  # $STUDYLIB_LAUNCHER\n"
              "        print(json.dumps(summary, indent=1, default=str))\n"
              "    else:\n"
              "        raise ValueError(f\"init {kind!r} for {backbone}: name a release file in study.checkpoints.{kind} \"\n"
@@ -127,8 +127,8 @@ NOTEBOOKS["finetune"] = [
     ("md", "# Fine-tuning run\nMask R-CNN with the ViT of one initialization: `experiment` (a named diff in "
            "params.yaml) with the study's schedule. Writes `out_dir` (metrics.json last); shows the loss curves "
            "and predictions beside the ground truth."),
-    ("code", "import json\nfrom pathlib import Path\n\nimport matplotlib.pyplot as plt\nimport pandas as pd\n"
-             "import torch\n\nfrom studylib import config, engine\nfrom studylib.engine.build import build_datasets, build_model\n"
+    ("code", "from pathlib import Path\n\nimport matplotlib.pyplot as plt\nimport pandas as pd\n"
+             "import torch\n\nfrom studylib import config, launch\nfrom studylib.engine.build import build_datasets, build_model\n"
              "from studylib.io import atomic_write_json\nfrom studylib.report import figures, study"),
     ("parameters", 'params_file = "params.yaml"\nexperiment = "main"\ninit = "mae"\nseed = -1  # -1: the config\'s\n'
                    "schedule = 1.0  # multiplies study.epochs[pretrained|random]\n"
@@ -140,17 +140,14 @@ NOTEBOOKS["finetune"] = [
              "cfg = config.load(params_file, experiment, run_sets)  # bad params fail here, before any work\n"
              "print(run_sets)\npd.Series(cfg.flat()).to_frame(\"value\")"),
     ("code", "out = Path(out_dir)\n"
-             "if nproc_per_node > 1 or nnodes > 1:\n"
-             "    engine.launch_torchrun(params_file, experiment, out, run_sets, nproc_per_node, nnodes,\n"
-             "                           rdzv_endpoint=rdzv_endpoint or None)\n"
-             "    metrics = json.loads((out / \"metrics.json\").read_text())\n"
-             "else:\n"
-             "    try:\n        metrics = engine.run(cfg, out)\n"
-             "    except torch.OutOfMemoryError as e:  # Table 3 reports it: a result, not a failure\n"
-             "        torch.cuda.empty_cache()\n"
-             '        metrics = {"status": "oom", "error": str(e).splitlines()[0], "seed": cfg.train.seed}\n'
-             '        cfg.save(out / "config.yaml")\n'
-             '        atomic_write_json(out / "metrics.json", metrics)\n'
+             "try:  # here, under torchrun (nproc_per_node, nnodes) or as a SLURM job ($STUDYLIB_LAUNCHER, cluster.yaml)\n"
+             "    metrics = launch.train(params_file, experiment, out, run_sets, nproc_per_node=nproc_per_node,\n"
+             "                           nnodes=nnodes, rdzv_endpoint=rdzv_endpoint or None)\n"
+             "except torch.OutOfMemoryError as e:  # Table 3 reports it: a result, not a failure\n"
+             "    torch.cuda.empty_cache()\n"
+             '    metrics = {"status": "oom", "error": str(e).splitlines()[0], "seed": cfg.train.seed}\n'
+             '    cfg.save(out / "config.yaml")\n'
+             '    atomic_write_json(out / "metrics.json", metrics)\n'
              '{k: v for k, v in metrics.items() if k.endswith("/AP") or k.startswith("train/") or k == "status"}'),
     ("code", 'if (out / "history.csv").is_file():\n'
              '    fig = figures.loss_curves(out / "history.csv", f"{cfg.name} / {init}")\n'

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine, for the tests of the cluster path (tests/test_slurm.py).
 #
-#   sudo bash tools/slurm_up.sh      # idempotent: installs, configures and starts what is missing
+#   sudo bash tools/slurm_up.sh                # idempotent: installs, configures and starts what is missing
+#   sudo bash tools/slurm_up.sh --no-install   # only (re)starts an installed SLURM (what the tests call)
 #
 # Debian's slurm-wlm and munge; slurmctld + slurmd on this host with one node of all its CPUs and
 # memory, select/cons_tres, proctrack/linuxproc, task/none, no accounting (job state comes from
@@ -10,8 +11,11 @@
 # .ci/run calls it before pytest; on a cluster nobody needs it.
 set -euo pipefail
 log() { echo "[slurm_up] $*" >&2; }
+install=1
+[ "${1:-}" = "--no-install" ] && install=0
 
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+  [ "$install" -eq 1 ] || { log "slurm-wlm/munge are not installed (run: sudo bash tools/slurm_up.sh)"; exit 1; }
   [ "$(id -u)" -eq 0 ] || { log "slurm-wlm/munge not installed and not root: cannot install"; exit 1; }
   command -v apt-get >/dev/null || { log "slurm-wlm/munge not installed and no apt-get"; exit 1; }
   log "installing slurm-wlm and munge"

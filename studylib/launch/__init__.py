@@ -60,7 +60,14 @@ def train(params: str | Path, experiment: str, out_dir: str | Path, sets: Sequen
     if choose(launcher) == "slurm":
         from . import slurm
 
-        return slurm.train(params, experiment, out, list(sets), resume, load_options(cluster))
+        try:
+            return slurm.train(params, experiment, out, list(sets), resume, load_options(cluster))
+        except slurm.LaunchError as e:
+            if "OutOfMemoryError" in e.traceback:  # as a local run reports it (Table 3: a result)
+                import torch
+
+                raise torch.OutOfMemoryError(str(e)) from e
+            raise
     from .. import config, engine
 
     cfg = config.load(params, experiment, list(sets))
