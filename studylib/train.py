@@ -29,7 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--launcher", choices=("local", "slurm"), default=None,
                    help="local: this process (under torchrun: one of its processes); slurm: one SLURM job "
                         "(default: $STUDYLIB_LAUNCHER, else local)")
-    p.add_argument("--cluster", metavar="YAML", help="SLURM options file (default: $STUDYLIB_CLUSTER, else ./cluster.yaml)")
+    p.add_argument("--cluster", metavar="YAML",
+                   help="SLURM options file (default: $STUDYLIB_CLUSTER, else ./cluster.yaml)")
     return p.parse_args(argv)
 
 

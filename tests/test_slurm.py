@@ -242,3 +242,57 @@ def test_the_paper_layout_in_cluster_yaml_is_64_gpus(tmp_path):
     (tmp_path / "paper.yaml").write_text(example)
     opts = launch.load_options(tmp_path / "paper.yaml")
     assert opts.tasks == 64 and opts.gpus_per_node == 8 and yaml.safe_load(example)["slurm"]["nodes"] == 8
+
+
+def test_a_stage_rerun_after_the_login_node_died_reattaches_to_its_job(tmp_path, cluster, reference):
+    """`python -m studylib.repro --launcher slurm` killed with everything it started (the login node dies); the
+    job runs on. The same command again re-attaches to that job, and DVC records the stage."""
+    ref_run, data = reference
+    root = tmp_path / "project"
+    root.mkdir()
+    train = " ".join(train_cmd(Path("run"), data)).replace(SMALL_DATA, f"'{SMALL_DATA}'")
+    (root / "dvc.yaml").write_text(f"stages:\n  train:\n    cmd: {json.dumps(train)}\n    outs:\n"
+                                   "      - run: {persist: true}\n")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.com", "commit", "-qm", "study"]):
+        subprocess.run(cmd, cwd=root, check=True)  # dvclive needs a commit
+    repro = [sys.executable, "-m", "studylib.repro", "--jobs", "1", "--launcher", "slurm", "--cluster", str(cluster)]
+    first = subprocess.Popen(repro, cwd=root, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    run = root / "run"
+    wait_for(lambda: (run / "checkpoints" / "last.pth").is_file(), "the job's first checkpoint")
+    job_id = record.read(run)["job_id"]
+    subprocess.run(["scontrol", "suspend", job_id], check=True)  # hold it while nobody waits for it
+    os.killpg(first.pid, 9)
+    first.wait()
+    log = tmp_path / "again.log"
+    with open(log, "w") as f:
+        again = subprocess.Popen(repro, cwd=root, env=ENV, stdout=f, stderr=subprocess.STDOUT, text=True)
+        wait_for(lambda: "re-attaching" in log.read_text() or again.poll() is not None, "the second command")
+        subprocess.run(["scontrol", "resume", job_id], check=True)
+        assert again.wait(timeout=600) == 0, log.read_text()
+    assert f"re-attaching to job {job_id}" in log.read_text()
+    rec = record.read(run)
+    assert rec["job_id"] == job_id and rec["state"] == "COMPLETED" and len(rec["attempts"]) == 1
+    assert results(run) == results(ref_run)
+    status = subprocess.run(["dvc", "status"], cwd=root, capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout
+
+
+def test_a_changed_stage_starts_its_persistent_run_folder_clean(tmp_path, monkeypatch):
+    """A run folder DVC keeps (persist) is resumed only by the very same stage: another fingerprint empties it."""
+    from studylib.launch import stage
+
+    cfg = config.load(PARAMS, "smoke")
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.pth").write_text("stale")
+    monkeypatch.setattr(stage, "current", lambda: stage.Stage("train", "fp-1", (out.resolve(),)))
+    key, persistent = stage.request(out, stage.config_key(cfg))
+    assert persistent and key == stage.request(out, stage.config_key(cfg))[0]
+    monkeypatch.setattr(stage, "current", lambda: stage.Stage("train", "fp-2", (out.resolve(),)))
+    assert stage.request(out, stage.config_key(cfg))[0] != key
+    monkeypatch.setattr(stage, "current", lambda: None)
+    assert stage.request(out, stage.config_key(cfg)) == (stage.config_key(cfg), False)
+    stage.empty(out)
+    assert out.is_dir() and not any(out.iterdir())

@@ -7,7 +7,8 @@ The launcher comes from the argument, else the STUDYLIB_LAUNCHER environment var
 `python -m studylib.repro --launcher slurm` for every stage it starts), else "local"; SLURM's
 options from cluster.yaml (`options`). Neither is a DVC param: a run computes the same wherever
 it executes, so switching re-runs nothing. Modules: `options` (cluster.yaml), `slurm` (submit,
-wait, re-attach, requeue), `record` (OUT/launch.json).
+wait, re-attach, requeue), `record` (OUT/launch.json), `stage` (the DVC stage: resume only its
+same computation).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import record
+from . import record, stage
 from .options import ENV_CLUSTER, SlurmOptions, cluster_file, load as load_options
 
 LAUNCHERS = ("local", "slurm")
@@ -35,10 +36,10 @@ def choose(name: str | None = None) -> str:
     return chosen
 
 
-def _local(out_dir: Path, tasks: int, nodes: int, resume: bool, start_iter, run):
+def _local(out_dir: Path, tasks: int, nodes: int, resume: bool, request: str, start_iter, run):
     """`run()` here, recorded in OUT/launch.json as one attempt."""
     record.start(out_dir, {"launcher": "local" if tasks == 1 else "torchrun", "job_id": None, "nodes": nodes,
-                           "tasks": tasks}, keep=resume)
+                           "tasks": tasks, "request": request}, keep=resume)
     record.begin_attempt(out_dir, None, start_iter() if resume else 0)
     try:
         result = run()
@@ -71,6 +72,15 @@ def train(params: str | Path, experiment: str, out_dir: str | Path, sets: Sequen
     from .. import config, engine
 
     cfg = config.load(params, experiment, list(sets))
+    request, persistent = stage.request(out, stage.config_key(cfg))
+    if persistent:  # a DVC output kept between runs: resume (or take) the same computation, else start clean
+        rec = record.read(out) or {}
+        if rec.get("request") != request:
+            stage.empty(out)
+        elif rec.get("state") == "COMPLETED" and (out / "metrics.json").is_file():
+            return json.loads((out / "metrics.json").read_text())
+        else:
+            resume = True
     if nproc_per_node > 1 or nnodes > 1:
         def run() -> dict[str, Any]:
             engine.launch_torchrun(params, experiment, out, list(sets), nproc_per_node, nnodes,
@@ -79,7 +89,7 @@ def train(params: str | Path, experiment: str, out_dir: str | Path, sets: Sequen
     else:
         def run() -> dict[str, Any]:
             return engine.run(cfg, out, resume=resume)
-    return _local(out, nproc_per_node * nnodes, nnodes, resume, lambda: _checkpoint_iter(out), run)
+    return _local(out, nproc_per_node * nnodes, nnodes, resume, request, lambda: _checkpoint_iter(out), run)
 
 
 def _checkpoint_iter(out_dir: Path) -> int:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import record
+from . import record, stage
 from .options import SlurmOptions
 
 LOG_DIR = "slurm"
@@ -179,11 +179,6 @@ class TrainTask(Task):
         return metrics if int(os.environ.get("RANK", "0")) == 0 else None
 
 
-def request_key(cfg) -> str:
-    """What a run computes (its resolved config): a job of another request is never re-attached."""
-    return hashlib.sha256(json.dumps(cfg.flat(), sort_keys=True, default=str).encode()).hexdigest()
-
-
 def submit(task: Task, opts: SlurmOptions, name: str, request: str) -> str:
     """Submit `task` as one job; write the launch record (before the job can start); return the job id."""
     folder = task.out_dir / LOG_DIR
@@ -244,18 +239,24 @@ def wait(out_dir: Path, job_id: str, tasks: int, poll_s: float,
         time.sleep(poll_s)
 
 
-def attach_or_submit(task: Task, opts: SlurmOptions, name: str, request: str) -> tuple[str, int]:
+def attach_or_submit(task: Task, opts: SlurmOptions, name: str, request: str,
+                     persistent: bool = False) -> tuple[str, int]:
     """Re-attach to this run's job when it is still queued or running (the same request); else submit,
-    resuming from the run's checkpoint when an earlier job of the same request left one."""
+    resuming from the run's checkpoint when an earlier job of the same request left one. A
+    `persistent` folder (a DVC output kept between runs, `stage`) of another request is emptied first."""
     rec = record.read(task.out_dir)
     same = bool(rec) and rec.get("launcher") == "slurm" and rec.get("request") == request and rec.get("job_id")
     if same:
         state = job_state(rec["job_id"])
-        if state is not None and state not in FINAL:
-            print(f"[slurm] re-attaching to job {rec['job_id']} ({state}); log: {rec.get('log')}",
+        result = log_paths(task.out_dir / LOG_DIR, rec["job_id"]).result_pickle
+        finished = rec.get("state") == "COMPLETED" and result.exists()
+        if finished or (state is not None and state not in FINAL):  # its result, or the job that will write it
+            print(f"[slurm] re-attaching to job {rec['job_id']} ({state or rec.get('state')}); log: {rec.get('log')}",
                   file=sys.stderr, flush=True)
             return rec["job_id"], int(rec.get("tasks", 1))
         task.resume = True  # resubmitted: continue from the checkpoint it left (if any)
+    elif persistent:
+        stage.empty(task.out_dir)  # what DVC would have removed before a new computation
     elif not task.resume:
         task.forget()  # never resume another request's state
     return submit(task, opts, name, request), opts.tasks
@@ -268,7 +269,8 @@ def train(params: str | Path, experiment: str, out_dir: str | Path, sets: list[s
 
     cfg = config.load(params, experiment, sets)  # bad params fail here, before anything is queued
     task = TrainTask(Path(params).resolve(), experiment, Path(out_dir).resolve(), sets, resume)
-    job_id, tasks = attach_or_submit(task, opts, f"studylib-{cfg.name}", request_key(cfg))
+    request, persistent = stage.request(task.out_dir, stage.config_key(cfg))
+    job_id, tasks = attach_or_submit(task, opts, f"studylib-{cfg.name}", request, persistent)
     return wait(task.out_dir, job_id, tasks, opts.poll_s)
 
 
