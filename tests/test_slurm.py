@@ -296,3 +296,25 @@ def test_a_changed_stage_starts_its_persistent_run_folder_clean(tmp_path, monkey
     assert stage.request(out, stage.config_key(cfg)) == (stage.config_key(cfg), False)
     stage.empty(out)
     assert out.is_dir() and not any(out.iterdir())
+
+
+def test_a_new_run_cancels_the_job_an_earlier_run_left_in_its_folder(tmp_path, cluster, reference):
+    """DVC removes an unfinished stage's outputs before running it again: the earlier job, still running,
+    is cancelled rather than left writing into the new run."""
+    import shutil
+
+    _, data = reference
+    out = tmp_path / "run"
+    proc, job_id = start_job(out, data, cluster)
+    wait_for(lambda: (out / "checkpoints" / "last.pth").is_file(), "the job's first checkpoint")
+    subprocess.run(["scontrol", "suspend", job_id], check=True)  # it would run on while nobody waits
+    proc.kill()  # the waiting command dies ...
+    proc.wait()
+    shutil.rmtree(out)  # ... and its folder goes, as `dvc repro` removes a stage's outputs
+    r = subprocess.run(train_cmd(out, data, "--launcher", "slurm", "--cluster", str(cluster), iters=2, every=2),
+                       env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert f"cancelled job {job_id}" in r.stderr
+    assert slurm.job_state(job_id) in (None, "CANCELLED", "COMPLETING")
+    rec = record.read(out)
+    assert rec["job_id"] != job_id and rec["state"] == "COMPLETED"

@@ -179,9 +179,22 @@ class TrainTask(Task):
         return metrics if int(os.environ.get("RANK", "0")) == 0 else None
 
 
+def cancel_orphans(folder: Path) -> list[str]:
+    """Cancel the live jobs submitted from `folder` (squeue's command path): an earlier job of this run folder
+    whose record is gone (DVC removed the folder) or is for another request must not write into the new run."""
+    r = subprocess.run(["squeue", "-h", "-o", "%i|%o"], capture_output=True, text=True)
+    prefix = f"{Path(folder).resolve()}/"
+    ids = [line.split("|", 1)[0] for line in r.stdout.splitlines() if line.partition("|")[2].startswith(prefix)]
+    for job_id in ids:
+        subprocess.run(["scancel", job_id], check=False)
+        print(f"[slurm] cancelled job {job_id}: an earlier run in {folder.parent}", file=sys.stderr, flush=True)
+    return ids
+
+
 def submit(task: Task, opts: SlurmOptions, name: str, request: str) -> str:
     """Submit `task` as one job; write the launch record (before the job can start); return the job id."""
     folder = task.out_dir / LOG_DIR
+    cancel_orphans(folder)
     record.start(task.out_dir, {"launcher": "slurm", "job_id": None, "nodes": opts.nodes, "tasks": opts.tasks,
                                 "tasks_per_node": opts.ntasks_per_node, "gpus_per_node": opts.gpus_per_node,
                                 "partition": opts.partition, "request": request}, keep=task.resume)
