@@ -89,13 +89,9 @@ def train(params: str | Path, experiment: str, out_dir: str | Path, sets: Sequen
     else:
         def run() -> dict[str, Any]:
             return engine.run(cfg, out, resume=resume)
-    return _local(out, nproc_per_node * nnodes, nnodes, resume, request, lambda: _checkpoint_iter(out), run)
+    from .slurm import checkpoint_iteration
 
-
-def _checkpoint_iter(out_dir: Path) -> int:
-    from .slurm import TrainTask
-
-    return TrainTask("", "", out_dir, [], True).start_iter()
+    return _local(out, nproc_per_node * nnodes, nnodes, resume, request, lambda: checkpoint_iteration(out), run)
 
 
 def pretrain(method: str, images: str | Path, out_path: str | Path, cfg, ann_file: str | Path | None = None,

@@ -149,6 +149,18 @@ class Task:
         return result
 
 
+def checkpoint_iteration(out_dir: Path) -> int:
+    """The iteration OUT/checkpoints/last.pth resumes at (0: none); memory-mapped, so cheap at any size."""
+    from ..engine.checkpoint import checkpoint_path
+
+    ckpt = checkpoint_path(out_dir)
+    if not ckpt.is_file():
+        return 0
+    import torch
+
+    return int(torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)["iteration"])
+
+
 class TrainTask(Task):
     """`python -m studylib.train` in a job: engine.run on every task."""
 
@@ -162,14 +174,7 @@ class TrainTask(Task):
         checkpoint_path(self.out_dir).unlink(missing_ok=True)
 
     def start_iter(self) -> int:
-        from ..engine.checkpoint import checkpoint_path
-
-        ckpt = checkpoint_path(self.out_dir)
-        if not ckpt.is_file():
-            return 0
-        import torch
-
-        return int(torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)["iteration"])
+        return checkpoint_iteration(self.out_dir)
 
     def body(self, resume: bool) -> dict[str, Any]:
         from .. import config, engine
