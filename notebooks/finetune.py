@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from studylib import config, engine
+from studylib import config, launch
 from studylib.engine.build import build_datasets, build_model
 from studylib.io import atomic_write_json, project_root
 from studylib.report import figures, study
@@ -60,18 +60,14 @@ pd.Series(cfg.flat()).to_frame("value")
 
 # %%
 out = Path(out_dir)
-if nproc_per_node > 1 or nnodes > 1:
-    engine.launch_torchrun(params_file, experiment, out, run_sets, nproc_per_node, nnodes,
-                           rdzv_endpoint=rdzv_endpoint or None)
-    metrics = json.loads((out / "metrics.json").read_text())
-else:
-    try:
-        metrics = engine.run(cfg, out)
-    except torch.OutOfMemoryError as e:  # Table 3 reports it: a result, not a failure
-        torch.cuda.empty_cache()
-        metrics = {"status": "oom", "error": str(e).splitlines()[0], "seed": cfg.train.seed}
-        cfg.save(out / "config.yaml")
-        atomic_write_json(out / "metrics.json", metrics)
+try:  # here, under torchrun (nproc_per_node, nnodes) or as a SLURM job ($STUDYLIB_LAUNCHER, cluster.yaml)
+    metrics = launch.train(params_file, experiment, out, run_sets, nproc_per_node=nproc_per_node,
+                           nnodes=nnodes, rdzv_endpoint=rdzv_endpoint or None)
+except torch.OutOfMemoryError as e:  # Table 3 reports it: a result, not a failure
+    torch.cuda.empty_cache()
+    metrics = {"status": "oom", "error": str(e).splitlines()[0], "seed": cfg.train.seed}
+    cfg.save(out / "config.yaml")
+    atomic_write_json(out / "metrics.json", metrics)
 {k: v for k, v in metrics.items() if k.endswith("/AP") or k.startswith("train/") or k == "status"}
 
 # %%

@@ -26,7 +26,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from studylib import config, pretrain
+from studylib import config, launch, pretrain
 from studylib.checkpoints import load_pretrained
 from studylib.engine.build import backbone_kwargs, data_paths
 from studylib.io import atomic_write_json, project_root
@@ -93,7 +93,7 @@ for backbone, target in targets.items():
         root = Path(base.data.root)
         images = paths["train_images"] if kind == "supervised" or base.data.kind == "coco" else root / "unlabeled"
         ann = paths["train_ann"] if kind == "supervised" else None
-        summary = pretrain.run(study.PRETRAIN_METHOD[kind], images, target, pcfg, ann_file=ann)
+        summary = launch.pretrain(study.PRETRAIN_METHOD[kind], images, target, pcfg, ann_file=ann)  # $STUDYLIB_LAUNCHER
         print(json.dumps(summary, indent=1, default=str))
     else:
         raise ValueError(f"init {kind!r} for {backbone}: name a release file in study.checkpoints.{kind} "

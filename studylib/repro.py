@@ -12,6 +12,11 @@ does stays DVC's: what is up to date is skipped, dvc.lock records every stage, a
 `dvc repro` afterwards runs nothing. A stage that fails stops new launches; the stages already
 running finish, and the command exits non-zero naming the failed stage(s).
 
+With `--launcher slurm` every stage sees STUDYLIB_LAUNCHER=slurm (and STUDYLIB_CLUSTER, the cluster
+options file), so each training run inside it is its own SLURM job (studylib.launch) and `--jobs N`
+keeps N jobs queued or running; the stage commands DVC records are the same as with the local
+launcher, so switching launcher re-runs nothing.
+
 On 2 CPU cores two single-threaded stages give ~1.5x the throughput of one two-threaded one
 (the embedded scale pins `train.threads: 1`), which is why `--jobs 2` is the study's fast path.
 The graph comes from DVC's own index (`Repo.index.graph`, edges from a stage to the stages it
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -62,13 +68,16 @@ def plan(root: str | Path = ".", targets: list[str] | None = None) -> Plan:
 
 
 def run(root: str | Path = ".", jobs: int = 2, targets: list[str] | None = None, force: bool = False,
-        dvc: str = "dvc", log=lambda msg: print(msg, flush=True), timings: str | Path | None = None) -> int:
+        dvc: str = "dvc", log=lambda msg: print(msg, flush=True), timings: str | Path | None = None,
+        launcher: str | None = None, cluster: str | Path | None = None) -> int:
     """Reproduce the stages of `plan(root, targets)` with up to `jobs` at once; 0 when all succeed.
 
     `timings`: a JSON file written at the end, {"jobs", "wall_s", "stages": {name: {start_s, end_s, rc}}}
-    (seconds from the start; benchmarks/study.py reads it)."""
+    (seconds from the start; benchmarks/study.py reads it). `launcher`, `cluster`: where the stages'
+    training runs execute (studylib.launch), passed to them in the environment."""
     if jobs < 1:
         raise ValueError(f"--jobs = {jobs} must be >= 1")
+    env = launch_env(root, launcher, cluster)
     p = plan(root, targets)
     done: set[str] = set()
     failed: list[str] = []
@@ -84,7 +93,7 @@ def run(root: str | Path = ".", jobs: int = 2, targets: list[str] | None = None,
             pending.remove(ready)
             cmd = [dvc, "--wait-for-lock", "repro", "--single-item", ready] + (["--force"] if force else [])
             log(f"[repro] start {ready}  ({len(done)}/{len(p.order)} done, {time.time() - started:.0f}s)")
-            running[ready] = subprocess.Popen(cmd, cwd=str(root))
+            running[ready] = subprocess.Popen(cmd, cwd=str(root), env=env)
             spans[ready] = {"start_s": time.time() - started}
         if failed and not running:
             break
@@ -112,6 +121,26 @@ def run(root: str | Path = ".", jobs: int = 2, targets: list[str] | None = None,
     return 0
 
 
+def launch_env(root: str | Path, launcher: str | None, cluster: str | Path | None) -> dict[str, str]:
+    """The stages' environment: STUDYLIB_LAUNCHER and STUDYLIB_CLUSTER (an absolute path), checked here."""
+    from . import launch
+
+    env = dict(os.environ)
+    chosen = launch.choose(launcher)
+    env[launch.ENV_LAUNCHER] = chosen
+    if chosen == "slurm":
+        with contextlib.chdir(root):
+            path = launch.cluster_file(cluster)
+            launch.load_options(path)  # bad options fail before any stage starts
+        if path is not None:
+            env[launch.ENV_CLUSTER] = str(Path(root, path).resolve())
+        from .launch.slurm import unavailable
+
+        if (why := unavailable()) is not None:
+            raise ValueError(f"--launcher slurm: {why}")
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m studylib.repro", description=__doc__.split("\n\n")[0])
     ap.add_argument("targets", nargs="*", help="stages (or stage families, e.g. main) and their upstream; "
@@ -120,9 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", "-f", action="store_true", help="re-run stages even when up to date")
     ap.add_argument("--root", default=".", help="the DVC project (default: the current folder)")
     ap.add_argument("--timings", help="write each stage's start and end (JSON) to this file")
+    ap.add_argument("--launcher", choices=("local", "slurm"), help="where training runs execute: here (local) or "
+                    "one SLURM job each (slurm); default: $STUDYLIB_LAUNCHER, else local. Not a DVC param")
+    ap.add_argument("--cluster", metavar="YAML", help="SLURM options (default: $STUDYLIB_CLUSTER, else ./cluster.yaml)")
     a = ap.parse_args(argv)
     try:
-        return run(a.root, a.jobs, a.targets or None, a.force, timings=a.timings)
+        return run(a.root, a.jobs, a.targets or None, a.force, timings=a.timings, launcher=a.launcher,
+                   cluster=a.cluster)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

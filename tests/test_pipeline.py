@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from studylib.report import collect, study
+from test_slurm import cluster  # noqa: F401 (the SLURM fixture: skips where none is reachable)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,4 +96,34 @@ def test_micro_dag_runs_every_stage_then_nothing(micro_study) -> None:
     again = run("dvc", "repro")
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
     status = run("dvc", "status")
+    assert "up to date" in status.stdout, status.stdout
+
+
+def run_metrics(root: Path) -> dict[str, dict]:
+    """Every run folder's metrics.json (under runs/), without the measured times and memory."""
+    measured = ("time", "mem", "fps")
+    return {str(p.parent.relative_to(root)): {k: v for k, v in json.loads(p.read_text()).items()
+                                              if not any(m in k for m in measured)}
+            for p in sorted((root / "runs").glob("**/metrics.json")) if "dvclive" not in p.parts}
+
+
+@pytest.mark.slow
+def test_micro_dag_through_slurm_equals_the_local_one(micro_study, cluster) -> None:
+    """Switching the finished study to SLURM re-runs nothing; forced through SLURM (each training stage one
+    job), every run ends with the local run's numbers and DVC is up to date again."""
+    root = micro_study.root
+    local = run_metrics(root)
+    assert len(local) >= 10
+    repro = [sys.executable, "-m", "studylib.repro", "--jobs", "2", "--launcher", "slurm", "--cluster", str(cluster)]
+    r = subprocess.run(repro, cwd=root, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and "Running stage" not in r.stdout, r.stdout[-4000:]
+    r = subprocess.run([*repro, "--force"], cwd=root, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert run_metrics(root) == local
+    trained = [p for p in (root / "runs").glob("**/launch.json")] + list((root / "inits").glob("*/launch.json"))
+    assert len(trained) >= len(local) + 4  # every fine-tuning run and every local pre-training
+    for p in trained:
+        rec = json.loads(p.read_text())
+        assert rec["launcher"] == "slurm" and rec["state"] == "COMPLETED" and (p.parent / "slurm").is_dir(), p
+    status = subprocess.run(["dvc", "status"], cwd=root, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout

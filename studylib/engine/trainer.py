@@ -37,6 +37,7 @@ from tqdm import tqdm
 from ..config import ExperimentConfig
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
 from .build import base_dataset, build_datasets, build_model
+from . import preempt
 from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint
 from .distributed import (
     DistInfo,
@@ -318,8 +319,11 @@ def train_loop(run: Training, start: int, history: History) -> None:
                     eta = (run.total - iteration) * (sum(run.step_times) / len(run.step_times) if run.step_times else dt)
                     print(f"[train] iter {iteration}/{run.total} {format_losses(values)} lr {lr_now:.3g} "
                           f"{global_batch / dt:.1f} img/s eta {eta:.0f}s", file=sys.stderr, flush=True)
-                if iteration % tc.checkpoint_every == 0 or iteration == run.total:
+                stop = preempt.stop_requested()  # a scheduler's warning (launch/slurm.py): save now, requeue
+                if stop or iteration % tc.checkpoint_every == 0 or iteration == run.total:
                     save(run, iteration)
+                if stop:
+                    raise preempt.Preempted(iteration)
                 if tc.eval_every and iteration % tc.eval_every == 0 and iteration < run.total:
                     result = evaluate(run.model, run.val_set, device, tc.amp, cfg.eval.backend, dist_info=dist_info)
                     if result is not None:

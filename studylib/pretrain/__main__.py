@@ -2,6 +2,7 @@
 
 Every field of `PretrainConfig` is a flag (`--mask-ratio 0.75`, `--moco-t 0.2`, ...); backbone
 shape overrides are `--override depth=4 --override embed_dim=64`. Prints the run summary as JSON.
+`--launcher slurm` runs it as a one-task SLURM job (cluster.yaml; studylib.launch) and waits.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 import typing
 from typing import Any
 
-from . import run
+from .. import launch
 from .config import ENCODER_KEYS, METHODS, PretrainConfig
 
 _SPECIAL = {"overrides", "resume", "progress", "betas"}
@@ -44,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"backbone shape override ({', '.join(ENCODER_KEYS)})")
     p.add_argument("--betas", type=float, nargs=2, metavar=("B1", "B2"))
     p.add_argument("--resume", action="store_true", help="continue from <out stem>.resume.pth")
+    p.add_argument("--launcher", choices=("local", "slurm"), help="local: this process; slurm: one SLURM job "
+                   "(default: $STUDYLIB_LAUNCHER, else local)")
+    p.add_argument("--cluster", metavar="YAML", help="SLURM options (default: $STUDYLIB_CLUSTER, else ./cluster.yaml)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
     hints = typing.get_type_hints(PretrainConfig)
     for f in dataclasses.fields(PretrainConfig):
@@ -62,12 +66,13 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = vars(parser().parse_args(argv))
     method, images, out, ann_file = args.pop("method"), args.pop("images"), args.pop("out"), args.pop("ann_file")
+    launcher, cluster = args.pop("launcher"), args.pop("cluster")
     overrides = dict(args.pop("override"))
     fields = {k: v for k, v in args.items() if v is not None}
     if "betas" in fields:
         fields["betas"] = tuple(fields["betas"])
     cfg = PretrainConfig(overrides=overrides, **fields)
-    summary = run(method, images, out, cfg, ann_file=ann_file)
+    summary = launch.pretrain(method, images, out, cfg, ann_file=ann_file, launcher=launcher, cluster=cluster)
     print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return summary
 
