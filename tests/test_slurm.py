@@ -1,7 +1,7 @@
 """Training runs as jobs of a real SLURM (tools/slurm_up.sh: one node, this machine): a job's metrics, a
 requeued job resuming, a warned job saving first, a failing job's error, a 2-task DDP job.
 
-Skipped, with the reason, where no SLURM can be reached (a laptop); `.ci/run` starts one and sets
+Skipped, with the reason, where no SLURM can be reached (a laptop); `bash test.sh` (what CI runs) starts one and sets
 STUDYLIB_REQUIRE_SLURM=1, so CI fails instead of skipping.
 """
 from __future__ import annotations
