@@ -23,6 +23,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+# The paper's five initializations, in the paper's order: the one order of every table, figure and study list.
+# A user's own initializations (`python -m studylib.inits add NAME`: a recipe under recipes.NAME) follow them.
 INITS = ("random", "supervised", "mocov3", "beit", "mae")
 # Closed vocabularies of keys no module below defines; `vocabularies()` adds those the accepting modules define.
 VOCABULARIES: dict[str, tuple[str, ...]] = {
@@ -82,7 +84,7 @@ class ModelConfig:
 
 @dataclass
 class InitConfig:
-    kind: str = "random"                # random | supervised | mocov3 | beit | mae
+    kind: str = "random"                # random | supervised | mocov3 | beit | mae | a user's (recipes.<kind>)
     checkpoint: str | None = None       # pre-trained file; None: inits/<kind>/checkpoint.pth (the init stage's output)
     format: str = "auto"                # checkpoint layout, detected from the keys by default
     abs_pos: str | None = None          # pt | rand | zero | no; None = the paper's rule for the format
@@ -212,7 +214,7 @@ def resolve(params: str | Path | dict, experiment: str, sets: list[str] | None =
 def load(params: str | Path | dict, experiment: str, sets: list[str] | None = None) -> ExperimentConfig:
     """The validated `ExperimentConfig` of `experiment`, with the initialization's recipe filled in."""
     raw = resolve(params, experiment, sets)
-    cfg = from_dict(raw, name=experiment)
+    cfg = from_dict(raw, name=experiment, inits=init_names(params))
     recipes = read_params(params).get("recipes") or {}
     recipe = recipes.get(cfg.init.kind, {})
     if cfg.train.lr is None:
@@ -228,8 +230,9 @@ def _required(recipe: dict, key: str, kind: str):
     return recipe[key]
 
 
-def from_dict(raw: dict, name: str = "baseline") -> ExperimentConfig:
-    """Build and validate an `ExperimentConfig` from plain data (unknown keys are errors)."""
+def from_dict(raw: dict, name: str = "baseline", inits=INITS) -> ExperimentConfig:
+    """Build and validate an `ExperimentConfig` from plain data (unknown keys are errors); `inits`: the
+    allowed init.kind values (the paper's five, and a params file's own: `init_names`)."""
     sections = {f.name: f.type for f in dataclasses.fields(ExperimentConfig) if f.name != "name"}
     hints = get_type_hints(ExperimentConfig)
     raw = dict(raw)
@@ -247,7 +250,7 @@ def from_dict(raw: dict, name: str = "baseline") -> ExperimentConfig:
     cfg = ExperimentConfig(name=name, **built)
     if cfg.init.kind != "random" and not cfg.init.checkpoint:  # the init stage's file
         cfg.init.checkpoint = f"inits/{cfg.init.kind}/checkpoint.pth"
-    validate(cfg)
+    validate(cfg, inits)
     return cfg
 
 
@@ -287,10 +290,10 @@ def _coerce(value: Any, hint, where: str):
     return value
 
 
-def validate(cfg: ExperimentConfig) -> None:
+def validate(cfg: ExperimentConfig, inits=INITS) -> None:
     """Closed vocabularies and cross-field rules; raises ValueError naming the key and allowed values.
     Checks only: the config is not changed."""
-    for key, allowed in vocabularies().items():
+    for key, allowed in {**vocabularies(), "init.kind": tuple(inits)}.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value is not None and value not in allowed:
@@ -315,6 +318,17 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ValueError(f"experiment {cfg.name!r}: data.kind = 'coco' needs data.{', data.'.join(missing)}")
     if cfg.train.batch_size < 1 or cfg.train.epochs <= 0:
         raise ValueError(f"experiment {cfg.name!r}: train.batch_size and train.epochs must be positive")
+
+
+def init_order(names) -> list[str]:
+    """`names` in the study's order: the paper's five (INITS order), then the others as given."""
+    names = list(dict.fromkeys(names))
+    return [i for i in INITS if i in names] + [i for i in names if i not in INITS]
+
+
+def init_names(params: str | Path | dict) -> list[str]:
+    """Every initialization `params` knows: the paper's five, then each user one (a recipe under its name)."""
+    return init_order([*INITS, *(read_params(params).get("recipes") or {})])
 
 
 def experiment_names(params: str | Path | dict) -> list[str]:

@@ -95,7 +95,7 @@ def backbone_kwargs(cfg: ExperimentConfig) -> dict:
     kwargs["global_blocks"] = {"window": [], "hybrid": None, "global": list(range(depth))}[m.attention]
     if m.window_size is not None:
         kwargs["window_size"] = m.window_size
-    layer_scale = m.layer_scale if m.layer_scale is not None else (BEIT_LAYER_SCALE if cfg.init.kind == "beit" else None)
+    layer_scale = m.layer_scale if m.layer_scale is not None else (BEIT_LAYER_SCALE if "beit" in (cfg.init.kind, cfg.init.format) else None)
     kwargs["layer_scale_init"] = layer_scale
     return {**kwargs, **m.overrides}
 

@@ -60,10 +60,12 @@ def study(params: str | Path | dict) -> dict:
         raise ValueError(f"params: study.{', study.'.join(missing)} missing")
     experiments = ["baseline", *config.experiment_names(p)]
 
+    known = config.init_names(p)
+
     def inits(values: list, where: str) -> None:
         for v in values:
-            if v not in config.INITS:
-                raise ValueError(f"params: {where} has {v!r}; {config.closest(v, config.INITS)}")
+            if v not in known:
+                raise ValueError(f"params: {where} has {v!r}; {config.closest(v, known)}")
 
     def experiment(name: str, where: str) -> None:
         if name not in experiments:
@@ -94,13 +96,52 @@ def study(params: str | Path | dict) -> dict:
                              f"checkpoint: '' or a file}}")
     for name in s["complexity"]["experiments"]:
         experiment(name, "study.complexity.experiments")
-    for kind in s["checkpoints"]:
-        if kind not in PRETRAIN_METHOD:
-            raise ValueError(f"params: study.checkpoints.{kind}; {config.closest(kind, PRETRAIN_METHOD)}")
+    _check_checkpoints(s, known)
     for kind in s["pretrain"]:
         if kind != "all" and kind not in PRETRAIN_METHOD:
             raise ValueError(f"params: study.pretrain.{kind}; {config.closest(kind, ['all', *PRETRAIN_METHOD])}")
     return s
+
+
+def _check_checkpoints(s: dict, known: list[str]) -> None:
+    """study.checkpoints: an entry per init of study.inits (each init stage reads its own); user inits need a file."""
+    ckpts = s["checkpoints"] or {}
+    for kind, entry in ckpts.items():
+        if kind not in known:
+            raise ValueError(f"params: study.checkpoints.{kind}; {config.closest(kind, known)}")
+        if kind == "random" and entry is not None:
+            raise ValueError(f"params: study.checkpoints.random = {entry!r}: random takes no file (null)")
+        release_entry(entry, f"study.checkpoints.{kind}")
+    missing = [i for i in s["inits"] if i not in ckpts]
+    if missing:
+        raise ValueError(f"params: study.checkpoints.{', study.checkpoints.'.join(missing)} missing: every init of "
+                         f"study.inits has an entry (null: pre-trained locally, or none for random)")
+    user = [i for i in known if i not in config.INITS]
+    for kind in user:
+        if kind not in s["inits"]:
+            raise ValueError(f"params: recipes.{kind} defines an initialization that study.inits lacks: add it to "
+                             f"study.inits or take it out (python -m studylib.inits remove {kind})")
+        if not release_entry(ckpts[kind], f"study.checkpoints.{kind}")[0]:
+            raise ValueError(f"params: study.checkpoints.{kind} is null: {kind!r} is not one of the paper's "
+                             f"initializations, so it has no local pre-training; name its file")
+
+
+def release_entry(entry: Any, where: str) -> tuple[str | dict[str, str] | None, str | None]:
+    """(file or {size experiment: file} or None, format or None) of a study.checkpoints entry:
+    null | FILE | {size: FILE} | {file: FILE or {size: FILE}, format: F}."""
+    fmt = None
+    if isinstance(entry, dict) and "file" in entry:
+        if set(entry) - {"file", "format"}:
+            raise ValueError(f"params: {where} = {entry!r}: expected the keys file, format")
+        entry, fmt = entry["file"], entry.get("format")
+        if fmt is not None and fmt not in config.VOCABULARIES["init.format"]:
+            raise ValueError(f"params: {where}.format = {fmt!r}; {config.closest(fmt, config.VOCABULARIES['init.format'])}")
+    ok = entry is None or (isinstance(entry, str) and entry) or (
+        isinstance(entry, dict) and entry and all(isinstance(v, str) and v for v in entry.values()))
+    if not ok:
+        raise ValueError(f"params: {where} = {entry!r}: expected null, a file, {{size experiment: file}} "
+                         f"or {{file: ..., format: ...}}")
+    return entry, fmt
 
 
 def runs(params: str | Path | dict) -> dict[str, list[Run]]:
@@ -135,32 +176,44 @@ def init_checkpoint(params: str | Path | dict, kind: str, experiment: str) -> st
     return f"inits/{kind}/{backbone}/checkpoint.pth"
 
 
+def init_sets(params: str | Path | dict, init: str, checkpoint: str | Path | None = None) -> list[str]:
+    """`--set` strings of an initialization: init.kind, its file (pre-trained inits) and its format, if named."""
+    known = config.init_names(params)
+    if init not in known:
+        raise ValueError(f"init = {init!r}; {config.closest(init, known)}")
+    sets = [f"init.kind={init}"]
+    if checkpoint and init != "random":
+        sets.append(f"init.checkpoint={checkpoint}")
+    fmt = release_entry(study(params)["checkpoints"].get(init), f"study.checkpoints.{init}")[1]
+    if fmt:
+        sets.append(f"init.format={fmt}")
+    return sets
+
+
 def run_sets(params: str | Path | dict, init: str | None, experiment: str = "main", seed: int | None = None,
              schedule: float | None = 1.0, checkpoint: str | None = None) -> list[str]:
     """`--set` strings making a run of `experiment`; each argument left None (or "") keeps the experiment's own.
 
-    init: init.kind, and init.checkpoint = the init stage's file for the experiment's size (unless
-    `checkpoint`); schedule: train.epochs = study.epochs[pretrained|random] x schedule (the study's runs);
-    seed: train.seed; checkpoint: init.checkpoint.
+    init: init.kind (and a user init's format: `init_sets`), and init.checkpoint = the init stage's file for the
+    experiment's size (unless `checkpoint`); schedule: train.epochs = study.epochs[pretrained|random] x schedule
+    (the study's runs); seed: train.seed; checkpoint: init.checkpoint.
     """
     s = study(params)
-    if init and init not in config.INITS:
-        raise ValueError(f"init = {init!r}; {config.closest(init, config.INITS)}")
     kind = init or config.load(params, experiment).init.kind
-    sets = [f"init.kind={init}"] if init else []
+    if init:
+        sets = init_sets(params, init, checkpoint or init_checkpoint(params, init, experiment))
+    else:
+        sets = [f"init.checkpoint={checkpoint}"] if checkpoint else []
     if schedule is not None:
         sets.append(f"train.epochs={s['epochs']['random' if kind == 'random' else 'pretrained'] * schedule}")
     if seed is not None:
         sets.append(f"train.seed={seed}")
-    ckpt = checkpoint or (init_checkpoint(params, init, experiment) if init else None)
-    if ckpt:
-        sets.append(f"init.checkpoint={ckpt}")
     return sets
 
 
 def release_files(params: str | Path | dict, kind: str) -> dict[str, str]:
     """study.checkpoints[kind] as {backbone: file} (a plain string is the scale's own backbone)."""
-    entry = study(params)["checkpoints"].get(kind)
+    entry = release_entry(study(params)["checkpoints"].get(kind), f"study.checkpoints.{kind}")[0]
     if not entry:
         return {}
     default = config.load(params, "baseline").model.backbone
@@ -181,7 +234,10 @@ def check(params: str | Path | dict) -> dict[str, Any]:
             config.load(params, run.experiment, run_sets(params, run.init, run.experiment, run.seed, run.schedule))
     for name in s["complexity"]["experiments"]:
         config.load(params, name)
-    return {"experiments": len(checked), "runs": sum(len(v) for v in runs(params).values())}
+    from .. import inits  # the files of the user's own initializations: present, of the model's width and patch
+
+    files = inits.check_files(params)
+    return {"user_inits": len(files), "experiments": len(checked), "runs": sum(len(v) for v in runs(params).values())}
 
 
 def main(argv: list[str] | None = None) -> int:
