@@ -38,7 +38,7 @@ os.chdir(project_root())  # Jupyter starts the kernel in notebooks/: every path 
 
 # %% tags=["parameters"]
 params_file = "params.yaml"
-kind = ""  # "": the baseline's init.kind; else random | supervised | mocov3 | beit | mae
+kind = ""  # "": the baseline's init.kind; else random | supervised | mocov3 | beit | mae | yours (studylib.inits)
 out_dir = ""  # "": inits/<kind>
 steps = -1  # -1: study.pretrain.<kind>.steps
 checkpoint = ""  # a release file for the scale's backbone; "": study.checkpoints.<kind>
@@ -47,11 +47,8 @@ length_run = False  # Figure 3: pre-train (or take `checkpoint`) into out_dir, i
 # %%
 kind = kind or config.load(params_file, "baseline").init.kind
 out_dir = out_dir or f"inits/{kind}"
-if kind not in config.INITS:
-    raise ValueError(f"kind = {kind!r}; {config.closest(kind, config.INITS)}")
 s = study.study(params_file)
-base = config.load(params_file, "baseline", [f"init.kind={kind}"] if kind == "random" else
-                   [f"init.kind={kind}", f"init.checkpoint={Path(out_dir) / 'checkpoint.pth'}"])
+base = config.load(params_file, "baseline", study.init_sets(params_file, kind, Path(out_dir) / "checkpoint.pth"))
 out = Path(out_dir)
 out.mkdir(parents=True, exist_ok=True)
 if kind == "random":

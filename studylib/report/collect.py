@@ -4,7 +4,8 @@
 
 Only the runs the params expect are read (`study.runs`); a missing or incomplete run is an error
 naming its folder, never skipped. Values are as the runs wrote them (AP in [0, 1]); `main` and
-`tide` hold the mean over seeds with `<key>_std` (population std) and `n_seeds` beside them.
+`tide` hold the mean over seeds with `<key>_std` (population std) and `n_seeds` beside them; each
+pre-trained init of `main` has `bbox/AP_vs_random`, its per-seed difference to random (`paired_vs_random`).
 """
 from __future__ import annotations
 
@@ -65,6 +66,26 @@ def mean_over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def paired_vs_random(runs: list[dict[str, Any]], init: str, key: str = "bbox/AP") -> dict[str, Any]:
+    """`init` minus random per seed (same seed, same size): {"mean", "ci95": [lo, hi] (Student t; null under 2
+    seeds), "seeds": the seeds paired}. Seeds where either run has no value (OOM, not measured) are left out."""
+    from scipy import stats
+
+    def by_seed(name: str) -> dict[int, float]:
+        return {m["seed"]: m[key] for m in runs if m["init"] == name and m.get(key) is not None}
+
+    ours, ref = by_seed(init), by_seed("random")
+    seeds = sorted(set(ours) & set(ref))
+    d = [ours[s] - ref[s] for s in seeds]
+    if not d:
+        return {"mean": None, "ci95": None, "seeds": []}
+    mean = statistics.fmean(d)
+    if len(d) < 2:
+        return {"mean": mean, "ci95": None, "seeds": seeds}
+    half = stats.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5
+    return {"mean": mean, "ci95": [mean - half, mean + half], "seeds": seeds}
+
+
 def changed(params: dict, experiment: str, keys: tuple[str, ...]) -> dict[str, Any]:
     """The values of `keys` (section.key) that `experiment` changes from the baseline."""
     base, exp = config.load(params, "baseline").flat(), config.load(params, experiment).flat()
@@ -93,6 +114,10 @@ def collect(params: str | Path | dict, root: str | Path = ".") -> dict[str, Any]
             if sz == size and all("tide" in m for m in rows):
                 tide[init] = mean_over_seeds([m["tide"] for m in rows])
                 tide[init].pop("n_seeds")
+        for init in table:
+            if init != "random" and "random" in table:
+                runs = [m | {"seed": r.seed} for r, m in by["main"].values() if r.tags["size"] == sz]
+                table[init]["bbox/AP_vs_random"] = paired_vs_random(runs, init)
         summary["main_by_size"][sz] = table
     summary["main"] = summary["main_by_size"][size]
     summary["tide"] = {i: {e: t[e] for e in TIDE_ERRORS if e in t} | {f"{e}_std": t[f"{e}_std"] for e in TIDE_ERRORS

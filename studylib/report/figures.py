@@ -16,8 +16,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+from ..config import init_order
+
 DPI = 100
-INIT_ORDER = ("random", "supervised", "mocov3", "beit", "mae")
 sns.set_theme(context="paper", style="whitegrid")
 
 
@@ -185,7 +186,7 @@ def tide(summary: dict[str, Any]) -> plt.Figure:
 
 def main_results(summary: dict[str, Any]) -> plt.Figure:
     """Table 1 as bars: AP box and AP mask per initialization, error bars = std over seeds."""
-    inits = [i for i in INIT_ORDER if i in summary["main"]]
+    inits = init_order(summary["main"])
     x = np.arange(len(inits))
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     colors = sns.color_palette(n_colors=2)
@@ -201,5 +202,4 @@ def main_results(summary: dict[str, Any]) -> plt.Figure:
 
 
 def _present(rows: list[dict]) -> list[str]:
-    inits = {r["init"] for r in rows}
-    return [i for i in INIT_ORDER if i in inits]
+    return init_order(r["init"] for r in rows)

@@ -14,8 +14,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from ..config import init_order
+
 PUBLISHED = Path(__file__).with_name("published.yaml")
-INIT_ORDER = ("random", "supervised", "mocov3", "beit", "mae")
 
 
 def published() -> dict[str, Any]:
@@ -54,13 +55,22 @@ def vs_random(m: dict[str, Any], ref: dict[str, Any] | None, key: str = "bbox/AP
     return f"{d:+.1f} ({'beats' if d > 0 else 'does not beat'} random)"
 
 
+def paired(m: dict[str, Any], ref: dict[str, Any] | None) -> str:
+    """`vs_random`, with the 95% t-interval of the per-seed differences (`bbox/AP_vs_random`) where there is one."""
+    text = vs_random(m, ref)
+    ci = (m.get("bbox/AP_vs_random") or {}).get("ci95")
+    if text == "–" or not ci:
+        return text
+    return f"{text}; 95% CI [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
 def main_table(summary: dict[str, Any], pub: dict[str, Any]) -> pd.DataFrame:
     rows = []
-    for init in [i for i in INIT_ORDER if i in summary["main"]]:
+    for init in init_order(summary["main"]):
         m = summary["main"][init]
         rows.append({"init": init, "epochs": m.get("epochs"), "seeds": m.get("n_seeds"), "AP box": ap(m, "bbox/AP"),
                      "AP mask": ap(m, "segm/AP"), "AP50 box": ap(m, "bbox/AP50"),
-                     "box vs random": vs_random(m, summary["main"].get("random")),
+                     "box vs random": paired(m, summary["main"].get("random")),
                      "paper ViT-B (box / mask)": paper(pub["main"].get(init, {}).get("vit_base")),
                      "paper ViT-L (box / mask)": paper(pub["main"].get(init, {}).get("vit_large"))})
     return pd.DataFrame(rows)
@@ -73,7 +83,8 @@ def convergence_table(summary: dict[str, Any], pub: dict[str, Any]) -> pd.DataFr
             ref = summary["convergence"].get("random", {}).get(epochs)
             rows.append({"init": init, "epochs": float(epochs), "AP box": ap(m, "bbox/AP"), "AP mask": ap(m, "segm/AP"),
                          "box vs random (same epochs)": vs_random(m, ref)})
-    rows.sort(key=lambda r: (INIT_ORDER.index(r["init"]), r["epochs"]))
+    order = init_order(r["init"] for r in rows)
+    rows.sort(key=lambda r: (order.index(r["init"]), r["epochs"]))
     for init, points in pub["convergence"].items():
         for epochs, v in points.items():
             rows.append({"init": f"{init} (paper, ViT-B)", "epochs": float(epochs), "AP box": paper(v[0]),
