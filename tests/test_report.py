@@ -12,8 +12,7 @@ import pytest
 import torch
 import yaml
 
-from studylib import profile
-from studylib.config import INITS
+from studylib import config, profile
 from studylib.report import collect, figures, study, tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +50,7 @@ def fake_study(root: Path, params: dict, oom: str | None = None) -> dict[str, fl
     s = params["study"]
     for family, runs in study.runs(params).items():
         for i, run in enumerate(runs):
-            ap = 0.1 + 0.05 * INITS.index(run.init) + 0.02 * (run.seed or 0) + (0.001 * i if family != "main" else 0)
+            ap = 0.1 + 0.05 * config.init_names(params).index(run.init) + 0.02 * (run.seed or 0) + (0.001 * i if family != "main" else 0)
             base = s["epochs"]["random" if run.init == "random" else "pretrained"]
             fake_run(root, run, ap, base * run.schedule, "oom" if run.name == oom else "ok")
             aps.setdefault((family, run.init), []).append(ap)
