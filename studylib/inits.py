@@ -256,7 +256,7 @@ def _print_next(params_path: Path, name: str) -> None:
     print(f"the next `dvc repro` runs {len(stages)} stage(s): {', '.join(stages) or 'none'}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m studylib.inits", description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -274,7 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("name")
     r.add_argument("--dry-run", action="store_true")
     sub.add_parser("list", help="every initialization: file, format, recipe, positional rule")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     params_path = Path(args.params)
     try:
         if args.command == "add":
