@@ -90,6 +90,23 @@ def test_add_writes_the_three_entries_keeps_comments_and_lists_the_rule(micro: P
     assert yaml.safe_load((micro / "params.yaml").read_text()) == yaml.safe_load(before)
 
 
+def test_a_beit_layout_gets_layer_scale_and_beits_positional_rule(micro: Path, capsys) -> None:
+    from timm.models.beit import Beit
+
+    cfg = config.load("params.yaml", "main")
+    o = cfg.model.overrides
+    beit = Beit(img_size=64, patch_size=8, embed_dim=o["embed_dim"], depth=o["depth"], num_heads=o["num_heads"],
+                num_classes=0, use_abs_pos_emb=False, use_shared_rel_pos_bias=True, init_values=0.1)
+    torch.save({"model": beit.state_dict()}, micro / "beitlike.pth")
+    assert cli("add", "beitlike", "--checkpoint", "beitlike.pth", "--recipe-like", "beit") == 0
+    assert "beitlike: format beit (detected)" in capsys.readouterr().out
+    report = inits.inspect("params.yaml", "beitlike", "main")
+    assert (report.abs_pos, report.rel_pos) == ("rand", "pt")  # the paper's rule for BEiT
+    assert {"blocks.0.ls1.gamma", "blocks.0.attn.qkv.bias"} <= set(report.loaded)  # layer scale built for it
+    assert cli("list") == 0
+    assert "abs rand, rel pt" in next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| beitlike"))
+
+
 @pytest.mark.parametrize("name, file, message", [
     ("mae", "mine.pth", "initialization 'mae' exists already"),
     ("my-init", "mine.pth", "initialization name 'my-init'"),
