@@ -1,5 +1,6 @@
 """The study pipeline: dvc.yaml against the study plan, bad params failing fast, and
-(slow) the whole DAG under the micro profile in a fresh clone, twice: the second `dvc repro` runs nothing."""
+(slow) the whole DAG under the micro profile in a fresh clone, twice: the second `dvc repro` runs nothing; then a
+user initialization added (only its stages run) and removed."""
 from __future__ import annotations
 
 import json
@@ -97,6 +98,9 @@ def test_micro_dag_runs_every_stage_then_nothing(micro_study) -> None:
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
     status = run("dvc", "status")
     assert "up to date" in status.stdout, status.stdout
+    from test_inits import add_reproduce_remove  # your own initialization: only its stages run, then it goes
+
+    add_reproduce_remove(root)
 
 
 def run_metrics(root: Path) -> dict[str, dict]:
