@@ -153,7 +153,11 @@ def add(name: str, checkpoint: list[str], fmt: str = "auto", like: str = "mae", 
     reports = check_files(plain)[name]
     if not dry_run:
         atomic_write_text(params_path, text)
-    return {"text": text, "format": used, "detected": fmt == "auto", "reports": reports}
+    notes = []
+    if lr is not None and config.resolve(plain, "main")["train"].get("lr") is not None:
+        notes.append(f"scale {plain.get('scale')!r} sets train.lr for every initialization: recipes.{name}.lr "
+                     f"applies where it does not (the paper scale)")
+    return {"text": text, "format": used, "detected": fmt == "auto", "reports": reports, "notes": notes}
 
 
 def remove(name: str, params_path: str | Path = "params.yaml", dry_run: bool = False) -> dict:
@@ -287,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.name}: format {out['format']}{' (detected)' if out['detected'] else ''}; the loader's report:")
             for experiment, report in out["reports"].items():
                 _print_report(experiment, report)
+            for note in out["notes"]:
+                print(f"note: {note}")
         elif args.command == "remove":
             out = remove(args.name, params_path, args.dry_run)
             print(f"{args.name}: removed (recipes, study.inits, study.checkpoints"

@@ -85,10 +85,23 @@ def test_add_writes_the_three_entries_keeps_comments_and_lists_the_rule(micro: P
     assert "abs rand, rel pt" in next(ln for ln in table.splitlines() if ln.startswith("| beit"))
 
     assert cli("add", "slow", "--checkpoint", "mine.pth", "--recipe-like", "random", "--lr", "2e-4") == 0
+    assert "note: scale 'micro' sets train.lr for every initialization" not in capsys.readouterr().out
     p = yaml.safe_load((micro / "params.yaml").read_text())
     assert p["recipes"]["slow"] == {"lr": 2e-4, "weight_decay": p["recipes"]["random"]["weight_decay"]}
     assert cli("remove", "slow") == 0 and cli("remove", "mine") == 0
     assert yaml.safe_load((micro / "params.yaml").read_text()) == yaml.safe_load(before)
+
+
+def test_lr_note_where_the_scale_fixes_the_lr(tmp_path: Path, monkeypatch, capsys) -> None:
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")  # the embedded scale: one lr for every init
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load("params.yaml", "main")
+    mae_release(tmp_path / "mine.pth", cfg.model.backbone, cheap=True, **cfg.model.overrides)
+    assert cli("add", "mine", "--checkpoint", "mine.pth", "--lr", "1e-4", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "note: scale 'embedded' sets train.lr for every initialization: recipes.mine.lr" in out
+    assert "mine: {lr: 0.0001, weight_decay: 0.1}" in out and "mine-x0.5: {init: mine, schedule: 0.5}" in out
+    assert (tmp_path / "params.yaml").read_text() == (REPO / "params.yaml").read_text()  # --dry-run
 
 
 def test_a_beit_layout_gets_layer_scale_and_beits_positional_rule(micro: Path, capsys) -> None:
