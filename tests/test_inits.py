@@ -240,3 +240,4 @@ def add_reproduce_remove(root: Path) -> None:
     assert r.returncode == 0 and "runs 2 stage(s): check, report" in r.stdout, r.stdout + r.stderr
     assert run("dvc", "repro").returncode == 0
     assert "mine" not in json.loads((root / "results/summary.json").read_text())["main"]
+    assert "up to date" in run("dvc", "status").stdout  # the study as it was: later tests share it

@@ -54,6 +54,9 @@ RUNS: dict[str, list[list[str]]] = {
         [["torchrun", "--nproc-per-node", "2", "-m", "studylib.train", *SMOKE, "--out", "runs/readme_ddp"]],
     "python -m studylib.checkpoints inspect my_vit.pth":
         [[PY, "-m", "studylib.checkpoints", "inspect", "inits/mae/checkpoint.pth"]],
+    "python -m studylib.inits add NAME --checkpoint my_vit.pth":  # added, listed, removed: the study stays as it was
+        [[PY, "-m", "studylib.inits", "add", "readme_init", "--checkpoint", "inits/mae/checkpoint.pth"],
+         [PY, "-m", "studylib.inits", "list"], [PY, "-m", "studylib.inits", "remove", "readme_init"]],
     "python -m studylib.evaluate --gt instances_val2017.json --dt results.json --type bbox":
         [[PY, "-m", "studylib.evaluate", "--gt", "{val_ann}", "--dt", "{bbox_results}", "--type", "bbox"]],
     "conda env create -f environment.yml": [],  # checked by test_conda_environment_matches_the_pins
