@@ -241,3 +241,5 @@ def add_reproduce_remove(root: Path) -> None:
     assert run("dvc", "repro").returncode == 0
     assert "mine" not in json.loads((root / "results/summary.json").read_text())["main"]
     assert "up to date" in run("dvc", "status").stdout  # the study as it was: later tests share it
+    for leftover in [root / "inits/mine", *root.glob("runs/*/mine-*"), *root.glob("results/notebooks/*/mine*")]:
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()  # `remove` leaves its runs on disk

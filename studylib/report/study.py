@@ -134,8 +134,9 @@ def release_entry(entry: Any, where: str) -> tuple[str | dict[str, str] | None, 
         if set(entry) - {"file", "format"}:
             raise ValueError(f"params: {where} = {entry!r}: expected the keys file, format")
         entry, fmt = entry["file"], entry.get("format")
-        if fmt is not None and fmt not in config.VOCABULARIES["init.format"]:
-            raise ValueError(f"params: {where}.format = {fmt!r}; {config.closest(fmt, config.VOCABULARIES['init.format'])}")
+        formats = config.vocabularies()["init.format"]
+        if fmt is not None and fmt not in formats:
+            raise ValueError(f"params: {where}.format = {fmt!r}; {config.closest(fmt, formats)}")
     ok = entry is None or (isinstance(entry, str) and entry) or (
         isinstance(entry, dict) and entry and all(isinstance(v, str) and v for v in entry.values()))
     if not ok:
