@@ -184,6 +184,15 @@ def _sync_bn_worker(rank: int, init_file: str, x: torch.Tensor, out: dict) -> No
     dist.destroy_process_group()
 
 
+def test_naive_sync_batchnorm_conversion_keeps_the_tensors_of_the_batchnorm():
+    bn = nn.BatchNorm2d(3).double()
+    bn.weight.requires_grad_(False)  # a frozen BatchNorm stays frozen
+    sync = convert_sync_batchnorm(nn.Sequential(bn), torch.device("cpu"))[0]
+    assert isinstance(sync, NaiveSyncBatchNorm)
+    assert sync.weight is bn.weight and sync.bias is bn.bias and sync.running_var is bn.running_var
+    assert sync.running_mean.dtype == torch.float64 and not sync.weight.requires_grad
+
+
 def test_naive_sync_batchnorm_matches_batchnorm_on_the_whole_batch():
     torch.manual_seed(0)
     x = torch.randn(4, 3, 5, 5) * 2 + 1

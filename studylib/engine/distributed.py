@@ -157,7 +157,10 @@ def _convert_naive(module: nn.Module) -> nn.Module:
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, NaiveSyncBatchNorm):
         out = NaiveSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                                  module.track_running_stats)
-        out.load_state_dict(module.state_dict())
+        if module.affine:  # the same tensors (dtype, device, requires_grad), as nn.SyncBatchNorm's conversion
+            out.weight, out.bias = module.weight, module.bias
+        out.running_mean, out.running_var = module.running_mean, module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
         out.train(module.training)
     for name, child in module.named_children():
         out.add_module(name, _convert_naive(child))
