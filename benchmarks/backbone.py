@@ -21,6 +21,7 @@ size from a fit c + a*N + b*N^2.
 
     python benchmarks/backbone.py [--device cpu|cuda] [--sizes 128 256 ...] [--out FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,19 +59,37 @@ def global_blocks_of(strategy: str, depth: int) -> tuple[int, ...]:
 
 
 def build_ours(cfg: dict, size: int, strategy: str, rel_pos: bool) -> tuple[torch.nn.Module, Callable]:
-    model = ViT(img_size=size, patch_size=cfg["patch_size"], embed_dim=cfg["embed_dim"], depth=cfg["depth"],
-                num_heads=cfg["num_heads"], window_size=cfg["window_size"],
-                global_blocks=global_blocks_of(strategy, cfg["depth"]), use_abs_pos=True, use_rel_pos=rel_pos,
-                pretrain_img_size=cfg["window_size"] * cfg["patch_size"],
-                use_checkpoint=strategy == "global_ckpt")
+    model = ViT(
+        img_size=size,
+        patch_size=cfg["patch_size"],
+        embed_dim=cfg["embed_dim"],
+        depth=cfg["depth"],
+        num_heads=cfg["num_heads"],
+        window_size=cfg["window_size"],
+        global_blocks=global_blocks_of(strategy, cfg["depth"]),
+        use_abs_pos=True,
+        use_rel_pos=rel_pos,
+        pretrain_img_size=cfg["window_size"] * cfg["patch_size"],
+        use_checkpoint=strategy == "global_ckpt",
+    )
     return model, model.forward_features
 
 
 def build_ref(cfg: dict, size: int, strategy: str) -> tuple[torch.nn.Module, Callable]:
-    model = VisionTransformerSAM(img_size=size, patch_size=cfg["patch_size"], embed_dim=cfg["embed_dim"],
-                                 depth=cfg["depth"], num_heads=cfg["num_heads"], window_size=cfg["window_size"],
-                                 global_attn_indexes=global_blocks_of(strategy, cfg["depth"]), use_abs_pos=True,
-                                 use_rel_pos=False, num_classes=0, neck_chans=0, global_pool="")
+    model = VisionTransformerSAM(
+        img_size=size,
+        patch_size=cfg["patch_size"],
+        embed_dim=cfg["embed_dim"],
+        depth=cfg["depth"],
+        num_heads=cfg["num_heads"],
+        window_size=cfg["window_size"],
+        global_attn_indexes=global_blocks_of(strategy, cfg["depth"]),
+        use_abs_pos=True,
+        use_rel_pos=False,
+        num_classes=0,
+        neck_chans=0,
+        global_pool="",
+    )
     model.set_grad_checkpointing(strategy == "global_ckpt")
     last = cfg["depth"] - 1
 
@@ -142,8 +161,11 @@ def quadratic_share(tokens: list[int], values: list[float]) -> float:
 
 def bench_point(cfg: dict, size: int, strategy: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
-    impls = {"ours": build_ours(cfg, size, strategy, False), "ref": build_ref(cfg, size, strategy),
-             "ours_rel": build_ours(cfg, size, strategy, True)}
+    impls = {
+        "ours": build_ours(cfg, size, strategy, False),
+        "ref": build_ref(cfg, size, strategy),
+        "ours_rel": build_ours(cfg, size, strategy, True),
+    }
     x = torch.randn(args.batch, 3, size, size, device=args.device)
     for model, _ in impls.values():
         model.to(args.device).train()
@@ -179,8 +201,11 @@ def summarize(rows: list[dict]) -> dict:
         if len(rs) < 2:
             continue
         tok = [r["tokens"] for r in rs]
-        out[s] = {f"{k}_{q}_exponent": fit_exponent(tok, [r[f"{k}_{q}"] for r in rs])
-                  for k in ("ours", "ref", "ours_rel") for q in ("mem_bytes", "time_s")}
+        out[s] = {
+            f"{k}_{q}_exponent": fit_exponent(tok, [r[f"{k}_{q}"] for r in rs])
+            for k in ("ours", "ref", "ours_rel")
+            for q in ("mem_bytes", "time_s")
+        }
         for k in ("ours", "ref", "ours_rel", "ours_math", "ref_math"):
             values = [r[f"{k}_mem_bytes"] for r in rs]
             out[s][f"{k}_mem_bytes_exponent"] = fit_exponent(tok, values)
@@ -216,16 +241,29 @@ def main(argv: list[str] | None = None) -> None:
         for strategy in args.strategies:
             row = bench_point(cfg, size, strategy, args)
             rows.append(row)
-            print(f"{size:5d} {strategy:12s} time ours/ref {row['time_ratio_ours_vs_ref']:.3f}  "
-                  f"mem ours/ref {row['mem_ratio_ours_vs_ref']:.3f}  rel/ours time {row['time_ratio_rel_vs_ours']:.3f} "
-                  f"mem {row['mem_ratio_rel_vs_ours']:.3f}  (ours {row['ours_time_s'] * 1e3:.1f} ms)", flush=True)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
-    result = dict(device=args.device, device_name=device_name, torch=torch.__version__,
-                  threads=torch.get_num_threads(), batch=args.batch, reps=args.reps,
-                  model={k: v for k, v in cfg.items() if k != "sizes"},
-                  memory_measure="cuda max_memory_allocated above weights, bf16 autocast" if args.device == "cuda"
-                  else "bytes of tensors saved for backward (activations; parameters excluded)",
-                  summary=summarize(rows), rows=rows)
+            print(
+                f"{size:5d} {strategy:12s} time ours/ref {row['time_ratio_ours_vs_ref']:.3f}  "
+                f"mem ours/ref {row['mem_ratio_ours_vs_ref']:.3f}  rel/ours time {row['time_ratio_rel_vs_ours']:.3f} "
+                f"mem {row['mem_ratio_rel_vs_ours']:.3f}  (ours {row['ours_time_s'] * 1e3:.1f} ms)",
+                flush=True,
+            )
+    device_name = (
+        torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
+    )
+    result = dict(
+        device=args.device,
+        device_name=device_name,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        batch=args.batch,
+        reps=args.reps,
+        model={k: v for k, v in cfg.items() if k != "sizes"},
+        memory_measure="cuda max_memory_allocated above weights, bf16 autocast"
+        if args.device == "cuda"
+        else "bytes of tensors saved for backward (activations; parameters excluded)",
+        summary=summarize(rows),
+        rows=rows,
+    )
     out = args.out or Path(__file__).resolve().parent / "results" / f"backbone_{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

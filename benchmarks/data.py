@@ -10,6 +10,7 @@ for each loader figure is measured in the same run: decode alone, then decode + 
 full pipeline. The model step (forward + backward + AdamW step of Mask R-CNN with the ViT) needs
 `studylib.models.build_mask_rcnn`; without it that section is recorded as skipped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,11 @@ from studylib.data.synthetic import SyntheticConfig, generate  # noqa: E402
 TINYCOCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinycoco"
 WORKERS_PER_GPU = 8  # the paper-scale setting (params.yaml: data.workers)
 # Not measured here: ViTDet README, Mask R-CNN ViT-B, 0.314 s/iter with 1 image per A100 (64 GPUs).
-GPU_REFERENCE = {"source": "detectron2 projects/ViTDet README (A100, 1 image/GPU)", "model": "Mask R-CNN ViT-B",
-                 "images_per_s_per_gpu": round(1 / 0.314, 2)}
+GPU_REFERENCE = {
+    "source": "detectron2 projects/ViTDet README (A100, 1 image/GPU)",
+    "model": "Mask R-CNN ViT-B",
+    "images_per_s_per_gpu": round(1 / 0.314, 2),
+}
 
 
 def device_name(device: str) -> str:
@@ -62,14 +66,25 @@ def coco_like(root: Path, num_images: int = 16) -> tuple[Path, Path]:
             draw.polygon([tuple(p) for p in poly], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
             x0, y0 = poly.min(0)
             x1, y1 = poly.max(0)
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(rng.integers(1, 6)),
-                         "segmentation": [poly.ravel().tolist()], "bbox": [x0, y0, x1 - x0, y1 - y0],
-                         "area": float((x1 - x0) * (y1 - y0)), "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(rng.integers(1, 6)),
+                    "segmentation": [poly.ravel().tolist()],
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": float((x1 - x0) * (y1 - y0)),
+                    "iscrowd": 0,
+                }
+            )
         im.save(root / "images" / f"{i:04d}.jpg", quality=90)
         images.append({"id": i + 1, "file_name": f"{i:04d}.jpg", "height": 480, "width": 640})
     ann_file = root / "instances.json"
-    ann_file.write_text(json.dumps({"images": images, "annotations": anns,
-                                    "categories": [{"id": c, "name": str(c)} for c in range(1, 6)]}))
+    ann_file.write_text(
+        json.dumps(
+            {"images": images, "annotations": anns, "categories": [{"id": c, "name": str(c)} for c in range(1, 6)]}
+        )
+    )
     return ann_file, root / "images"
 
 
@@ -99,15 +114,29 @@ def loader_section(ann_file: Path, image_dir: Path, size: int, samples: int, sou
     }
     instances = np.mean([len(plain.coco.imgToAnns.get(i, [])) for i in plain.image_ids])
     return {
-        "source": source, "target_size": size, "images": n, "mean_instances_per_image": round(float(instances), 1),
-        "samples_timed": samples, "ms_per_image": {k: round(v, 2) for k, v in ms.items()},
+        "source": source,
+        "target_size": size,
+        "images": n,
+        "mean_instances_per_image": round(float(instances), 1),
+        "samples_timed": samples,
+        "ms_per_image": {k: round(v, 2) for k, v in ms.items()},
         "images_per_s_per_worker": round(1000 / ms["decode_masks_lsj"], 1),
         "lsj_vs_decode_only": round(ms["decode_masks_lsj"] / ms["decode"], 2),
     }
 
 
-def model_section(ds: CocoInstances, backbone: str, size: int, batch: int, head_width: int, fc_dim: int,
-                  steps: int, device: str, threads: int, warmup: bool = True) -> dict:
+def model_section(
+    ds: CocoInstances,
+    backbone: str,
+    size: int,
+    batch: int,
+    head_width: int,
+    fc_dim: int,
+    steps: int,
+    device: str,
+    threads: int,
+    warmup: bool = True,
+) -> dict:
     try:
         from studylib.models import build_adaptor, build_backbone, build_mask_rcnn
     except ImportError as e:
@@ -115,8 +144,17 @@ def model_section(ds: CocoInstances, backbone: str, size: int, batch: int, head_
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     vit = build_backbone(backbone, img_size=size)
-    model = build_mask_rcnn(build_adaptor(vit, "multiscale", out_channels=head_width), ds.num_classes + 1,
-                            img_size=size, head_width=head_width, fc_dim=fc_dim).to(device).train()
+    model = (
+        build_mask_rcnn(
+            build_adaptor(vit, "multiscale", out_channels=head_width),
+            ds.num_classes + 1,
+            img_size=size,
+            head_width=head_width,
+            fc_dim=fc_dim,
+        )
+        .to(device)
+        .train()
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     images, targets = collate_fn([ds[i % len(ds)] for i in range(batch)])
     images = [im.to(device) for im in images]
@@ -136,9 +174,17 @@ def model_section(ds: CocoInstances, backbone: str, size: int, batch: int, head_
     for _ in range(steps):
         step()
     step_s = (time.perf_counter() - start) / steps
-    return {"backbone": backbone, "img_size": size, "batch": batch, "head_width": head_width, "fc_dim": fc_dim,
-            "torch_threads": threads, "steps_timed": steps, "s_per_step": round(step_s, 3),
-            "images_per_s": float(f"{batch / step_s:.3g}")}
+    return {
+        "backbone": backbone,
+        "img_size": size,
+        "batch": batch,
+        "head_width": head_width,
+        "fc_dim": fc_dim,
+        "torch_threads": threads,
+        "steps_timed": steps,
+        "s_per_step": round(step_s, 3),
+        "images_per_s": float(f"{batch / step_s:.3g}"),
+    }
 
 
 def verdict(loader: dict, model: dict, workers: int) -> dict:
@@ -161,12 +207,17 @@ def main() -> None:
     parser.add_argument("--out", help="default: benchmarks/results/data_<device>.json")
     parser.add_argument("--samples", type=int, default=48, help="images timed per loader measurement")
     parser.add_argument("--paper-model", default="vit_base", help="ViT preset for the 1024^2 step, or 'none'")
-    parser.add_argument("--model-steps", type=int, default=3,
-                        help="timed steps after one warm-up (on CPU at 1024^2: one cold step)")
+    parser.add_argument(
+        "--model-steps", type=int, default=3, help="timed steps after one warm-up (on CPU at 1024^2: one cold step)"
+    )
     args = parser.parse_args()
     threads = torch.get_num_threads()
-    result = {"benchmark": "data pipeline images/s per worker vs model step", "device": device_name(args.device),
-              "torch": torch.__version__, "python": platform.python_version()}
+    result = {
+        "benchmark": "data pipeline images/s per worker vs model step",
+        "device": device_name(args.device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         if (TINYCOCO / "annotations").is_dir():
             paper_data = (TINYCOCO / "annotations" / "instances_train2017.json", TINYCOCO / "images" / "train2017")
@@ -175,10 +226,15 @@ def main() -> None:
             paper_data, source = coco_like(Path(tmp) / "cocolike"), "generated 640x480 JPEGs with 20 polygons each"
         syn_cfg = SyntheticConfig(num_train=64, num_val=0, num_unlabeled=0)
         generate(Path(tmp) / "syn", syn_cfg)
-        embedded_data = (Path(tmp) / "syn" / "annotations" / "instances_train.json", Path(tmp) / "syn" / "images" / "train")
+        embedded_data = (
+            Path(tmp) / "syn" / "annotations" / "instances_train.json",
+            Path(tmp) / "syn" / "images" / "train",
+        )
 
-        scales = {"paper": (paper_data, 1024, source, args.paper_model, 1, 256, 1024, WORKERS_PER_GPU),
-                  "embedded": (embedded_data, 128, "synthetic easy preset (128^2)", "vit_micro", 8, 64, 256, 0)}
+        scales = {
+            "paper": (paper_data, 1024, source, args.paper_model, 1, 256, 1024, WORKERS_PER_GPU),
+            "embedded": (embedded_data, 128, "synthetic easy preset (128^2)", "vit_micro", 8, 64, 256, 0),
+        }
         for name, (data, size, src, backbone, batch, head, fc, workers) in scales.items():
             loader = loader_section(*data, size, args.samples, src)
             print(name, "loader", json.dumps(loader), flush=True)
@@ -187,13 +243,24 @@ def main() -> None:
             else:
                 slow = size > 256 and args.device == "cpu"  # minutes per step: one cold step is enough
                 ds = CocoInstances(*data, transforms=LargeScaleJitter(size))
-                model = model_section(ds, backbone, size, batch, head, fc, 1 if slow else args.model_steps,
-                                      args.device, threads, warmup=not slow)
+                model = model_section(
+                    ds,
+                    backbone,
+                    size,
+                    batch,
+                    head,
+                    fc,
+                    1 if slow else args.model_steps,
+                    args.device,
+                    threads,
+                    warmup=not slow,
+                )
             print(name, "model", json.dumps(model), flush=True)
             result[name] = {"loader": loader, "model": model, "verdict": verdict(loader, model, workers)}
     paper = result["paper"]["loader"]["images_per_s_per_worker"]
     result["paper"]["gpu_reference"] = {
-        **GPU_REFERENCE, "loader_images_per_s_with_8_workers": round(paper * WORKERS_PER_GPU, 1),
+        **GPU_REFERENCE,
+        "loader_images_per_s_with_8_workers": round(paper * WORKERS_PER_GPU, 1),
         "loader_is_bottleneck": paper * WORKERS_PER_GPU < GPU_REFERENCE["images_per_s_per_gpu"],
     }
     out = Path(args.out or Path(__file__).parent / "results" / f"data_{args.device}.json")

@@ -9,6 +9,7 @@ can be judged. The machine's load average is recorded too.
 
     python benchmarks/pretrain.py [--data DIR] [--params params.yaml] [--out benchmarks/results/pretrain_cpu.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,8 +86,14 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     settings = study_settings(args.params)
     data = dataset(args.data)
-    results: dict = {"device": device_name(args.threads), "backbone": "vit_micro", "img_size": 64,
-                     "data": str(data), "load_avg_start": os.getloadavg(), "methods": {}}
+    results: dict = {
+        "device": device_name(args.threads),
+        "backbone": "vit_micro",
+        "img_size": 64,
+        "data": str(data),
+        "load_avg_start": os.getloadavg(),
+        "methods": {},
+    }
     work = Path(tempfile.mkdtemp(prefix="pretrain_bench_"))
     total = 0.0
     for method in args.methods:
@@ -100,11 +107,18 @@ def main(argv: list[str] | None = None) -> dict:
         total += wall
         ref = compute_only(method, images, ann, cfg)
         results["methods"][method] = {
-            "steps": s["steps"], "batch_size": s["batch_size"], "images": s["images"], "wall_s": round(wall, 1),
-            "loop_s": s["seconds"], "steps_per_s": s["steps_per_s"], "s_per_step": round(s["seconds"] / s["steps"], 3),
+            "steps": s["steps"],
+            "batch_size": s["batch_size"],
+            "images": s["images"],
+            "wall_s": round(wall, 1),
+            "loop_s": s["seconds"],
+            "steps_per_s": s["steps_per_s"],
+            "s_per_step": round(s["seconds"] / s["steps"], 3),
             "reference_compute_only_s_per_step": round(ref, 3),
-            "loss_start": round(s["loss_start"], 4), "loss_end": round(s["loss_end"], 4),
-            "lr": METHOD_DEFAULTS[method]["lr"], "load_avg_after": os.getloadavg()[0],
+            "loss_start": round(s["loss_start"], 4),
+            "loss_end": round(s["loss_end"], 4),
+            "lr": METHOD_DEFAULTS[method]["lr"],
+            "load_avg_after": os.getloadavg()[0],
         }
         print(method, json.dumps(results["methods"][method]), flush=True)
     results["total_wall_s"] = round(total, 1)

@@ -14,6 +14,7 @@ Clones the repository's HEAD into a temporary folder (committed files only), opt
   included when measured), best initialization ≥ 20 box AP, none ≥ 80, ≥ 3 seeds in Table 1.
 The machine's core count and load average are recorded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,6 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
 def family(stage: str) -> str:
     return stage.split("@", 1)[0]
 
@@ -39,8 +42,10 @@ def summarise(repo: Path, t: dict, wall_s: float, install_s: float | None, jobs:
         families[family(k)] = families.get(family(k), 0.0) + d
     summary = json.loads((repo / "results/summary.json").read_text())
     main = summary["main"]
-    box = {i: {"mean": 100 * m["bbox/AP"], "std": 100 * m.get("bbox/AP_std", 0.0), "n_seeds": m["n_seeds"]}
-           for i, m in main.items()}
+    box = {
+        i: {"mean": 100 * m["bbox/AP"], "std": 100 * m.get("bbox/AP_std", 0.0), "n_seeds": m["n_seeds"]}
+        for i, m in main.items()
+    }
     mae, rnd = ({float(e): p for e, p in summary["convergence"].get(i, {}).items()} for i in ("mae", "random"))
     at = min(set(mae) & set(rnd), default=None)  # the shortest schedule both were fine-tuned with
     total_s = wall_s + (install_s or 0.0)
@@ -57,9 +62,11 @@ def summarise(repo: Path, t: dict, wall_s: float, install_s: float | None, jobs:
         "slowest_stages_s": dict(sorted(durations.items(), key=lambda kv: -kv[1])[:8]),
         "box_AP": box,
         "mae_minus_random_box_AP_at_shortest_common_schedule": (
-            None if at is None else {"epochs": at, "delta": 100 * (mae[at]["bbox/AP"] - rnd[at]["bbox/AP"])}),
+            None if at is None else {"epochs": at, "delta": 100 * (mae[at]["bbox/AP"] - rnd[at]["bbox/AP"])}
+        ),
         "targets": {
-            "total_min": total_s / 60, "total_le_60_min": total_s <= 3600,
+            "total_min": total_s / 60,
+            "total_le_60_min": total_s <= 3600,
             "best_box_AP_ge_20": max(b["mean"] for b in box.values()) >= 20,
             "none_saturates_lt_80": all(b["mean"] < 80 for b in box.values()),
             "ge_3_seeds": all(b["n_seeds"] >= 3 for b in box.values()),
@@ -78,8 +85,9 @@ def install(repo: Path, venv: Path, env: dict[str, str]) -> tuple[float, str]:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = str(venv / "bin" / "python")
     subprocess.run([py, "-m", "pip", "install", "-q", "-e", ".[dev]"], cwd=repo, check=True)
-    subprocess.run([py, "-m", "ipykernel", "install", "--user", "--name", "python3"], check=True,
-                   capture_output=True, env=env)
+    subprocess.run(
+        [py, "-m", "ipykernel", "install", "--user", "--name", "python3"], check=True, capture_output=True, env=env
+    )
     return time.time() - t0, py
 
 
@@ -88,8 +96,12 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--install", action="store_true", help="time pip install into a fresh venv first")
     ap.add_argument("--repo", help="an already reproduced clone to summarise (with --timings)")
-    ap.add_argument("--timings", nargs="+", help="the runner's --timings files of successive passes over that "
-                                                  "clone (a stage counts from the pass where it succeeded)")
+    ap.add_argument(
+        "--timings",
+        nargs="+",
+        help="the runner's --timings files of successive passes over that "
+        "clone (a stage counts from the pass where it succeeded)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/study_cpu.json"))
     a = ap.parse_args()
     if a.repo and a.timings:
@@ -97,8 +109,13 @@ def main() -> int:
         for f in a.timings:
             t = json.loads(Path(f).read_text())
             wall += t["wall_s"]
-            passes.append({"file": Path(f).name, "wall_s": t["wall_s"],
-                           "failed": sorted(k for k, v in t["stages"].items() if v.get("rc", 0) != 0)})
+            passes.append(
+                {
+                    "file": Path(f).name,
+                    "wall_s": t["wall_s"],
+                    "failed": sorted(k for k, v in t["stages"].items() if v.get("rc", 0) != 0),
+                }
+            )
             for k, v in t["stages"].items():
                 if k not in stages or stages[k].get("rc", 0) != 0:
                     stages[k] = v
@@ -113,8 +130,9 @@ def main() -> int:
             env["PATH"] = f"{work / 'venv' / 'bin'}{os.pathsep}{env['PATH']}"
         install_s, py = install(repo, work / "venv", env) if a.install else (None, sys.executable)
         t0 = time.time()
-        r = subprocess.run([py, "-m", "studylib.repro", "--jobs", str(a.jobs), "--timings", str(work / "t.json")],
-                           cwd=repo, env=env)
+        r = subprocess.run(
+            [py, "-m", "studylib.repro", "--jobs", str(a.jobs), "--timings", str(work / "t.json")], cwd=repo, env=env
+        )
         wall = time.time() - t0
         if r.returncode != 0:
             print(f"dvc repro failed (exit {r.returncode}) in {repo}", file=sys.stderr)

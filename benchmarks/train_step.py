@@ -6,6 +6,7 @@
 The reference measured in the same run is the ResNet-50 FPN baseline (the paper's CNN comparison):
 the JSON gives each backbone's times and their ratio to it. Not a pytest test.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,13 @@ def synthetic_batch(n: int, size: int, num_classes: int, device: torch.device):
         masks = torch.zeros(k, size, size, dtype=torch.uint8)
         for i, (x0, y0, x1, y1) in enumerate(boxes.round().long().tolist()):
             masks[i, y0:y1, x0:x1] = 1
-        targets.append({"boxes": boxes.to(device), "labels": torch.randint(1, num_classes + 1, (k,), generator=g).to(device),
-                        "masks": masks.to(device)})
+        targets.append(
+            {
+                "boxes": boxes.to(device),
+                "labels": torch.randint(1, num_classes + 1, (k,), generator=g).to(device),
+                "masks": masks.to(device),
+            }
+        )
     return images, targets
 
 
@@ -59,11 +65,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench(name: str, backbone: str, overrides: dict, device: torch.device, img_size: int, batch: int, head: int,
-          fc: int, warmup: int, iters: int, amp: str) -> dict:
-    cfg = config.load(config.read_params(Path(__file__).resolve().parents[1] / "params.yaml"), "baseline",
-                      [f"model.backbone={backbone}", f"data.img_size={img_size}", f"model.head_width={head}",
-                       f"model.fc_dim={fc}"])
+def bench(
+    name: str,
+    backbone: str,
+    overrides: dict,
+    device: torch.device,
+    img_size: int,
+    batch: int,
+    head: int,
+    fc: int,
+    warmup: int,
+    iters: int,
+    amp: str,
+) -> dict:
+    cfg = config.load(
+        config.read_params(Path(__file__).resolve().parents[1] / "params.yaml"),
+        "baseline",
+        [f"model.backbone={backbone}", f"data.img_size={img_size}", f"model.head_width={head}", f"model.fc_dim={fc}"],
+    )
     cfg.model.overrides = overrides
     torch.manual_seed(0)
     model = build_model(cfg, num_classes=4).to(device)
@@ -96,11 +115,19 @@ def bench(name: str, backbone: str, overrides: dict, device: torch.device, img_s
             sync(device)
             if i >= warmup:
                 inf.append(time.perf_counter() - t0)
-    return {"backbone": name, "img_size": img_size, "batch": batch, "n_parameters": sum(p.numel() for p in model.parameters()),
-            "train_step_s": statistics.median(times), "train_step_s_all": times,
-            "train_images_per_s": batch / statistics.median(times), "train_peak_mem_gb": train_peak,
-            "infer_batch_s": statistics.median(inf), "infer_images_per_s": batch / statistics.median(inf),
-            "peak_mem_gb_after_infer": peak_gb(device)}
+    return {
+        "backbone": name,
+        "img_size": img_size,
+        "batch": batch,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "train_step_s": statistics.median(times),
+        "train_step_s_all": times,
+        "train_images_per_s": batch / statistics.median(times),
+        "train_peak_mem_gb": train_peak,
+        "infer_batch_s": statistics.median(inf),
+        "infer_images_per_s": batch / statistics.median(inf),
+        "peak_mem_gb_after_infer": peak_gb(device),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -118,23 +145,38 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--device cuda: no CUDA device available")
     img_size, batch, backbones, head, fc = SIZES[device.type]
     amp = "bf16" if device.type == "cuda" else "none"
-    rows = [bench(n, b, o, device, img_size, batch, head, fc, args.warmup, args.iters, amp) for n, (b, o) in backbones.items()]
+    rows = [
+        bench(n, b, o, device, img_size, batch, head, fc, args.warmup, args.iters, amp)
+        for n, (b, o) in backbones.items()
+    ]
     ref = next(r for r in rows if r["backbone"] == "resnet50")
     for r in rows:
         r["train_step_vs_resnet50"] = r["train_step_s"] / ref["train_step_s"]
         r["infer_vs_resnet50"] = r["infer_batch_s"] / ref["infer_batch_s"]
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()}"
-    result = {"device": device_name, "device_type": device.type, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "amp": amp, "reference": "resnet50 (same run)",
-              "peak_mem": "CUDA: max allocated per backbone; CPU: the process's peak RSS so far (cumulative over rows)",
-              "results": rows}
+    device_name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU {platform.processor() or platform.machine()}"
+    )
+    result = {
+        "device": device_name,
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "amp": amp,
+        "reference": "resnet50 (same run)",
+        "peak_mem": "CUDA: max allocated per backbone; CPU: the process's peak RSS so far (cumulative over rows)",
+        "results": rows,
+    }
     out = Path(args.out or Path(__file__).resolve().parent / "results" / f"train_step_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     for r in rows:
-        print(f"{r['backbone']:>10}: train {r['train_step_s']:.3f} s/step ({r['train_images_per_s']:.1f} img/s, "
-              f"x{r['train_step_vs_resnet50']:.2f} of ResNet-50), infer {r['infer_images_per_s']:.1f} img/s, "
-              f"peak {r['train_peak_mem_gb']:.2f} GB")
+        print(
+            f"{r['backbone']:>10}: train {r['train_step_s']:.3f} s/step ({r['train_images_per_s']:.1f} img/s, "
+            f"x{r['train_step_vs_resnet50']:.2f} of ResNet-50), infer {r['infer_images_per_s']:.1f} img/s, "
+            f"peak {r['train_peak_mem_gb']:.2f} GB"
+        )
     return result
 
 

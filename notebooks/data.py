@@ -57,8 +57,13 @@ if missing:
 train = CocoInstances(paths["train_ann"], paths["train_images"])
 val = CocoInstances(paths["val_ann"], paths["val_images"])
 names = {label: train.coco.cats[cat]["name"] for label, cat in train.label_to_category_id.items()}
-manifest = {"kind": cfg.data.kind, **{k: str(v) for k, v in paths.items()}, "train_images": len(train),
-            "val_images": len(val), "classes": list(names.values())}
+manifest = {
+    "kind": cfg.data.kind,
+    **{k: str(v) for k, v in paths.items()},
+    "train_images": len(train),
+    "val_images": len(val),
+    "classes": list(names.values()),
+}
 if cfg.data.kind == "coco":
     atomic_write_json(Path(out_dir) / "manifest.json", manifest)  # the stage output at COCO scale
 manifest

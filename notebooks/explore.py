@@ -49,8 +49,9 @@ chosen
 
 # %%
 df = explore.curves(chosen)
-grid = sns.relplot(df, x="step", y="value", hue="run", col="metric", kind="line", height=3.2,
-                   facet_kws={"sharey": False})
+grid = sns.relplot(
+    df, x="step", y="value", hue="run", col="metric", kind="line", height=3.2, facet_kws={"sharey": False}
+)
 grid.set(yscale="log")
 plt.show()
 
@@ -65,10 +66,18 @@ names = {cat: base.coco.cats[cat]["name"] for cat in base.coco.cats}
 pictures = [[figures.target_picture(im, t, labels) for im, t in samples]]
 for run in chosen["run"]:
     results = explore.results(run, "segm")
-    pictures.append([figures.results_picture(im, [r for r in results if r["image_id"] == t["image_id"]], names,
-                                             score_thresh) for im, t in samples])
-fig = figures.image_grid(pictures, ["ground truth", *map(explore.short, chosen["run"])],
-                         [f"image {t['image_id']}" for _, t in samples], cell=3.0)
+    pictures.append(
+        [
+            figures.results_picture(im, [r for r in results if r["image_id"] == t["image_id"]], names, score_thresh)
+            for im, t in samples
+        ]
+    )
+fig = figures.image_grid(
+    pictures,
+    ["ground truth", *map(explore.short, chosen["run"])],
+    [f"image {t['image_id']}" for _, t in samples],
+    cell=3.0,
+)
 plt.show()
 
 # %%

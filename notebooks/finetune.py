@@ -49,20 +49,39 @@ nnodes = 1
 rdzv_endpoint = ""
 
 # %%
-run_sets = study.run_sets(params_file, init or None, experiment, None if seed < 0 else seed,
-                          schedule if schedule > 0 else None, checkpoint or None) + list(sets)
+run_sets = study.run_sets(
+    params_file,
+    init or None,
+    experiment,
+    None if seed < 0 else seed,
+    schedule if schedule > 0 else None,
+    checkpoint or None,
+) + list(sets)
 cfg = config.load(params_file, experiment, run_sets)  # bad params fail here, before any work
-resolved = {"experiment": cfg.name, "init.kind": cfg.init.kind, "init.checkpoint": cfg.init.checkpoint,
-            "train.seed": cfg.train.seed, "train.epochs": cfg.train.epochs, "train.max_iters": cfg.train.max_iters,
-            "sets": run_sets}
+resolved = {
+    "experiment": cfg.name,
+    "init.kind": cfg.init.kind,
+    "init.checkpoint": cfg.init.checkpoint,
+    "train.seed": cfg.train.seed,
+    "train.epochs": cfg.train.epochs,
+    "train.max_iters": cfg.train.max_iters,
+    "sets": run_sets,
+}
 print("resolved:", json.dumps(resolved))
 pd.Series(cfg.flat()).to_frame("value")
 
 # %%
 out = Path(out_dir)
 try:  # here, under torchrun (nproc_per_node, nnodes) or as a SLURM job ($STUDYLIB_LAUNCHER, cluster.yaml)
-    metrics = launch.train(params_file, experiment, out, run_sets, nproc_per_node=nproc_per_node,
-                           nnodes=nnodes, rdzv_endpoint=rdzv_endpoint or None)
+    metrics = launch.train(
+        params_file,
+        experiment,
+        out,
+        run_sets,
+        nproc_per_node=nproc_per_node,
+        nnodes=nnodes,
+        rdzv_endpoint=rdzv_endpoint or None,
+    )
 except torch.OutOfMemoryError as e:  # Table 3 reports it: a result, not a failure
     torch.cuda.empty_cache()
     metrics = {"status": "oom", "error": str(e).splitlines()[0], "seed": cfg.train.seed}
@@ -86,7 +105,9 @@ if (out / "model.pth").is_file():
     samples = [val[i] for i in range(min(cfg.eval.num_vis_images, len(val)))]
     with torch.no_grad():
         outputs = model([image for image, _ in samples])
-    pictures = [[figures.target_picture(im, t, names) for im, t in samples],
-                [figures.prediction_picture(im, o, names) for (im, _), o in zip(samples, outputs)]]
+    pictures = [
+        [figures.target_picture(im, t, names) for im, t in samples],
+        [figures.prediction_picture(im, o, names) for (im, _), o in zip(samples, outputs)],
+    ]
     fig = figures.image_grid(pictures, ["ground truth", "predicted"], [f"image {t['image_id']}" for _, t in samples])
     plt.show()

@@ -57,8 +57,9 @@ elif length_run:  # Figure 3: one file for the scale's backbone, pre-trained her
     targets = {base.model.backbone: str(out / "checkpoint.pth")}
     releases = {base.model.backbone: checkpoint} if checkpoint else {}
 else:  # inits/<kind>/checkpoint.pth for the scale's backbone, inits/<kind>/<backbone>/ for other sizes
-    targets = {config.load(params_file, e).model.backbone: study.init_checkpoint(params_file, kind, e)
-               for e in s["sizes"]}
+    targets = {
+        config.load(params_file, e).model.backbone: study.init_checkpoint(params_file, kind, e) for e in s["sizes"]
+    }
     targets[base.model.backbone] = str(out / "checkpoint.pth")
     releases = {base.model.backbone: checkpoint} if checkpoint else study.release_files(params_file, kind)
 print("resolved:", json.dumps({"kind": kind, "out_dir": out_dir, "releases": releases}))
@@ -66,7 +67,13 @@ targets
 
 # %%
 if kind == "random":
-    atomic_write_json(out / "random.json", {"kind": "random", "note": "no checkpoint: the fine-tuning run initializes the ViT (trunc-normal 0.02, BEiT rescaling) and positions by the paper's rule"})
+    atomic_write_json(
+        out / "random.json",
+        {
+            "kind": "random",
+            "note": "no checkpoint: the fine-tuning run initializes the ViT (trunc-normal 0.02, BEiT rescaling) and positions by the paper's rule",
+        },
+    )
 for backbone, target in targets.items():
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -93,18 +100,30 @@ for backbone, target in targets.items():
         summary = launch.pretrain(study.PRETRAIN_METHOD[kind], images, target, pcfg, ann_file=ann)  # $STUDYLIB_LAUNCHER
         print(json.dumps(summary, indent=1, default=str))
     else:
-        raise ValueError(f"init {kind!r} for {backbone}: name a release file in study.checkpoints.{kind} "
-                         f"(local pre-training is for the scale's backbone {base.model.backbone} only)")
+        raise ValueError(
+            f"init {kind!r} for {backbone}: name a release file in study.checkpoints.{kind} "
+            f"(local pre-training is for the scale's backbone {base.model.backbone} only)"
+        )
 
 # %%
 reports = {}
 for backbone, target in targets.items():
-    cfg = base if backbone == base.model.backbone else config.load(params_file, "baseline", [f"model.backbone={backbone}"])
+    cfg = (
+        base
+        if backbone == base.model.backbone
+        else config.load(params_file, "baseline", [f"model.backbone={backbone}"])
+    )
     vit = build_backbone(backbone, **backbone_kwargs(cfg))
     report = load_pretrained(vit, target, cfg.init.format, cfg.init.abs_pos, cfg.init.rel_pos)
     report.save(Path(target).with_name("load_report.json"))
-    reports[backbone] = {"format": report.format, "abs_pos": report.abs_pos, "rel_pos": report.rel_pos,
-                         "loaded": len(report.loaded), "resized": list(report.resized), "missing": list(report.missing)}
+    reports[backbone] = {
+        "format": report.format,
+        "abs_pos": report.abs_pos,
+        "rel_pos": report.rel_pos,
+        "loaded": len(report.loaded),
+        "resized": list(report.resized),
+        "missing": list(report.missing),
+    }
 reports
 
 # %%

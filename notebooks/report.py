@@ -70,8 +70,12 @@ rows = ["ground truth"]
 for init in s["inits"]:
     run = Path(study.Run("main", f"{init}-{s['sizes'][0]}-s{s['seeds'][0]}", "", init).out_dir)
     results = json.loads((run / "coco_results_segm.json").read_text())
-    pictures.append([figures.results_picture(im, [r for r in results if r["image_id"] == t["image_id"]], names)
-                     for im, t in samples])
+    pictures.append(
+        [
+            figures.results_picture(im, [r for r in results if r["image_id"] == t["image_id"]], names)
+            for im, t in samples
+        ]
+    )
     rows.append(init)
 fig = figures.image_grid(pictures, rows, [f"image {t['image_id']}" for _, t in samples])
 figures.save(fig, figs / "predictions.png")

@@ -4,6 +4,7 @@ Public entry points: `build_backbone`, `ViT`, `load_pretrained` (checkpoints of 
 initializations). Submodules: `models`, `checkpoints`, `data`, `evaluation`, `engine`,
 `pretrain`, `report`.
 """
+
 from .models import PRESETS, ViT, build_backbone
 
 __version__ = "0.1.0"

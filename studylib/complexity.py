@@ -10,6 +10,7 @@ Activations are the output elements of every convolution and linear layer (fvcor
 minus attention's matmuls, which are not modules). The detector is built with random weights:
 counts depend on shapes and on how many boxes pass the score threshold, not on the weights' values.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -76,8 +77,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
-def measure(cfg: ExperimentConfig, num_images: int = 2, fps_images: int = 2,
-            device: str | torch.device | None = None) -> dict[str, Any]:
+def measure(
+    cfg: ExperimentConfig, num_images: int = 2, fps_images: int = 2, device: str | torch.device | None = None
+) -> dict[str, Any]:
     """Build `cfg`'s detector (random weights) and count it on the first validation images."""
     from .engine.build import build_datasets, build_model
 
@@ -101,12 +103,20 @@ def measure(cfg: ExperimentConfig, num_images: int = 2, fps_images: int = 2,
     gflops, gflops_std = mean_std([f / 1e9 for f in flops])
     mact, mact_std = mean_std([a / 1e6 for a in acts])
     return {
-        "experiment": cfg.name, "backbone": cfg.model.backbone, "img_size": cfg.data.img_size,
+        "experiment": cfg.name,
+        "backbone": cfg.model.backbone,
+        "img_size": cfg.data.img_size,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "params_m": count_parameters(model) / 1e6,
-        "gflops": gflops, "gflops_std": gflops_std, "flops_convention": "multiply-add = 2 FLOPs",
-        "activations_m": mact, "activations_m_std": mact_std,
-        "fps": fps, "num_images": num_images, "fps_images": fps_images, "threads": threads,
+        "gflops": gflops,
+        "gflops_std": gflops_std,
+        "flops_convention": "multiply-add = 2 FLOPs",
+        "activations_m": mact,
+        "activations_m_std": mact_std,
+        "fps": fps,
+        "num_images": num_images,
+        "fps_images": fps_images,
+        "threads": threads,
     }
 
 

@@ -12,6 +12,7 @@
 (the error names the key, the value and the allowed or closest names), and returns an
 `ExperimentConfig`. Models never read YAML: they are built from these dataclasses.
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,72 +45,79 @@ def vocabularies() -> dict[str, tuple[str, ...]]:
     from .evaluation.coco import BACKENDS
     from .models.adaptor import KINDS, NORMS
 
-    return {**VOCABULARIES, "model.adaptor": KINDS, "model.norm": NORMS, "init.format": ALL_FORMATS,
-            "init.abs_pos": TREATMENTS, "init.rel_pos": TREATMENTS, "eval.backend": BACKENDS}
+    return {
+        **VOCABULARIES,
+        "model.adaptor": KINDS,
+        "model.norm": NORMS,
+        "init.format": ALL_FORMATS,
+        "init.abs_pos": TREATMENTS,
+        "init.rel_pos": TREATMENTS,
+        "eval.backend": BACKENDS,
+    }
 
 
 @dataclass
 class DataConfig:
-    kind: str = "synthetic"             # synthetic (generated, the embedded default) | coco
-    root: str = "data/synthetic"        # synthetic: the generated dataset's directory
-    synthetic_preset: str = "easy"      # synthetic: difficulty preset of studylib.data.synthetic
+    kind: str = "synthetic"  # synthetic (generated, the embedded default) | coco
+    root: str = "data/synthetic"  # synthetic: the generated dataset's directory
+    synthetic_preset: str = "easy"  # synthetic: difficulty preset of studylib.data.synthetic
     synthetic: dict[str, Any] = field(default_factory=dict)  # synthetic: SyntheticConfig overrides (counts, seed)
-    train_ann: str | None = None        # coco: instances_train2017.json (synthetic: derived from root)
+    train_ann: str | None = None  # coco: instances_train2017.json (synthetic: derived from root)
     train_images: str | None = None
     val_ann: str | None = None
     val_images: str | None = None
-    img_size: int = 128                 # the fixed padded square (1024 at paper scale)
+    img_size: int = 128  # the fixed padded square (1024 at paper scale)
     scale_range: tuple[float, float] = (0.1, 2.0)  # large-scale jitter
     num_train_images: int | None = None  # use the first N training images (low-data regime); None = all
     num_val_images: int | None = None
-    workers: int = 0                    # DataLoader workers per process
+    workers: int = 0  # DataLoader workers per process
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "vit_micro"         # a studylib.models.PRESETS name, or resnet50 / resnet101
-    attention: str = "hybrid"           # window (no global block) | hybrid (global at each d/4) | global
-    window_size: int | None = None      # None: the pre-training grid
-    use_checkpoint: bool = False        # activation checkpointing in every block
-    adaptor: str = "multiscale"         # multiscale (the paper's) | single (stride 16 only) | simple (ViTDet)
-    head_width: int = 256               # FPN / RPN / box and mask head channels
-    fc_dim: int = 1024                  # the box head's fc layer
-    rois_per_image: int = 512           # RoIs sampled per image for the box and mask heads
+    backbone: str = "vit_micro"  # a studylib.models.PRESETS name, or resnet50 / resnet101
+    attention: str = "hybrid"  # window (no global block) | hybrid (global at each d/4) | global
+    window_size: int | None = None  # None: the pre-training grid
+    use_checkpoint: bool = False  # activation checkpointing in every block
+    adaptor: str = "multiscale"  # multiscale (the paper's) | single (stride 16 only) | simple (ViTDet)
+    head_width: int = 256  # FPN / RPN / box and mask head channels
+    fc_dim: int = 1024  # the box head's fc layer
+    rois_per_image: int = 512  # RoIs sampled per image for the box and mask heads
     detector_kwargs: dict[str, Any] = field(default_factory=dict)  # other MaskRCNN keywords (rpn_*_top_n_*, ...)
-    norm: str = "bn"                    # norm of FPN and heads (SyncBN when distributed)
-    drop_path: float = 0.1              # 0.1 for ViT-B, 0.3 for ViT-L in the paper
-    layer_scale: float | None = None    # None: the initialization's own (BEiT: 0.1)
+    norm: str = "bn"  # norm of FPN and heads (SyncBN when distributed)
+    drop_path: float = 0.1  # 0.1 for ViT-B, 0.3 for ViT-L in the paper
+    layer_scale: float | None = None  # None: the initialization's own (BEiT: 0.1)
     overrides: dict[str, Any] = field(default_factory=dict)  # any other build_backbone keyword
 
 
 @dataclass
 class InitConfig:
-    kind: str = "random"                # random | supervised | mocov3 | beit | mae | a user's (recipes.<kind>)
-    checkpoint: str | None = None       # pre-trained file; None: inits/<kind>/checkpoint.pth (the init stage's output)
-    format: str = "auto"                # checkpoint layout, detected from the keys by default
-    abs_pos: str | None = None          # pt | rand | zero | no; None = the paper's rule for the format
+    kind: str = "random"  # random | supervised | mocov3 | beit | mae | a user's (recipes.<kind>)
+    checkpoint: str | None = None  # pre-trained file; None: inits/<kind>/checkpoint.pth (the init stage's output)
+    format: str = "auto"  # checkpoint layout, detected from the keys by default
+    abs_pos: str | None = None  # pt | rand | zero | no; None = the paper's rule for the format
     rel_pos: str | None = None
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = 25.0                # schedule length in epochs of the training set
-    max_iters: int | None = None        # overrides epochs when set (smoke runs)
-    batch_size: int = 64                # global batch (split over processes)
-    lr: float | None = None             # at batch 64; None: the initialization's recipe (recipes in params.yaml)
-    lr_mult: float = 1.0                # multiplies the recipe's lr (short CPU schedules of the embedded scale)
-    base_batch_size: int = 64           # lr follows the global batch: lr * lr_mult * batch_size / base_batch_size
-    weight_decay: float | None = None   # None: likewise
+    epochs: float = 25.0  # schedule length in epochs of the training set
+    max_iters: int | None = None  # overrides epochs when set (smoke runs)
+    batch_size: int = 64  # global batch (split over processes)
+    lr: float | None = None  # at batch 64; None: the initialization's recipe (recipes in params.yaml)
+    lr_mult: float = 1.0  # multiplies the recipe's lr (short CPU schedules of the embedded scale)
+    base_batch_size: int = 64  # lr follows the global batch: lr * lr_mult * batch_size / base_batch_size
+    weight_decay: float | None = None  # None: likewise
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_epochs: float = 0.25         # linear warmup, then half-period cosine to 0
-    layer_decay: float | None = None    # ViTDet's layer-wise lr decay; off in the paper
-    amp: str = "bf16"                   # mixed precision on GPU; CPU always runs fp32
+    warmup_epochs: float = 0.25  # linear warmup, then half-period cosine to 0
+    layer_decay: float | None = None  # ViTDet's layer-wise lr decay; off in the paper
+    amp: str = "bf16"  # mixed precision on GPU; CPU always runs fp32
     device: str = "auto"
-    threads: int | None = None          # CPU threads per process (None: torch's default)
+    threads: int | None = None  # CPU threads per process (None: torch's default)
     seed: int = 0
-    deterministic: bool = False         # torch.use_deterministic_algorithms (CPU resume test)
-    checkpoint_every: int = 500         # iterations between atomic checkpoints
-    eval_every: int | None = None       # iterations between evaluations; None = at the end only
+    deterministic: bool = False  # torch.use_deterministic_algorithms (CPU resume test)
+    checkpoint_every: int = 500  # iterations between atomic checkpoints
+    eval_every: int | None = None  # iterations between evaluations; None = at the end only
     log_every: int = 20
 
 
@@ -117,7 +125,7 @@ class TrainConfig:
 class EvalConfig:
     backend: str = "pycocotools"
     tide: bool = True
-    num_vis_images: int = 4             # validation images drawn with predictions in the notebook
+    num_vis_images: int = 4  # validation images drawn with predictions in the notebook
 
 
 @dataclass
@@ -302,13 +310,16 @@ def validate(cfg: ExperimentConfig, inits=INITS) -> None:
 
     backbones = [*PRESETS, "resnet50", "resnet101"]
     if cfg.model.backbone not in backbones:
-        raise ValueError(f"experiment {cfg.name!r}: model.backbone = {cfg.model.backbone!r}; "
-                         f"{closest(cfg.model.backbone, backbones)}")
+        raise ValueError(
+            f"experiment {cfg.name!r}: model.backbone = {cfg.model.backbone!r}; "
+            f"{closest(cfg.model.backbone, backbones)}"
+        )
     if cfg.init.kind != "random" and not cfg.init.checkpoint:
         raise ValueError(f"experiment {cfg.name!r}: init.kind = {cfg.init.kind!r} needs init.checkpoint")
     if cfg.init.kind == "random" and cfg.init.checkpoint:
-        raise ValueError(f"experiment {cfg.name!r}: init.kind = 'random' takes no init.checkpoint "
-                         f"({cfg.init.checkpoint!r})")
+        raise ValueError(
+            f"experiment {cfg.name!r}: init.kind = 'random' takes no init.checkpoint ({cfg.init.checkpoint!r})"
+        )
     lo, hi = cfg.data.scale_range
     if not 0 < lo <= hi:
         raise ValueError(f"experiment {cfg.name!r}: data.scale_range = {[lo, hi]} must satisfy 0 < low <= high")

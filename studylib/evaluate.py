@@ -4,6 +4,7 @@ Prints one JSON object: the 12 COCO stats under the metrics.json keys (`bbox/AP`
 values in [0, 1] as COCOeval.stats), through the same `evaluate_results` the training run uses.
 `--tide` adds the TIDE errors at IoU 0.5 as `tide/cls` ... `tide/miss`, `tide/AP50` (AP points).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,10 @@ from .evaluation import BACKENDS, IOU_TYPES, evaluate_results, tide_errors
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m studylib.evaluate", description="COCO box or mask AP of a results file, printed as one JSON object.")
+    parser = argparse.ArgumentParser(
+        prog="python -m studylib.evaluate",
+        description="COCO box or mask AP of a results file, printed as one JSON object.",
+    )
     parser.add_argument("--gt", required=True, help="COCO instances annotation file")
     parser.add_argument("--dt", required=True, help="COCO results JSON file (a list of detections)")
     parser.add_argument("--type", default="bbox", choices=IOU_TYPES, help="IoU type (default: bbox)")

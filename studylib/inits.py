@@ -20,6 +20,7 @@ schedule (study.epochs.pretrained) and the paper's positional rule of its format
 dvc.yaml reads only its own init's entries, so adding one to a finished study runs that init's
 stages and the report, nothing of the others.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,10 @@ def inspect(params: str | Path | dict, kind: str, experiment: str, path: str | P
     if path is None:
         files = study.release_files(params, kind)
         if cfg.model.backbone not in files:
-            raise ValueError(f"initialization {kind!r}: study.checkpoints.{kind} names no file for experiment "
-                             f"{experiment!r} ({cfg.model.backbone}); give one: --checkpoint {experiment}=FILE")
+            raise ValueError(
+                f"initialization {kind!r}: study.checkpoints.{kind} names no file for experiment "
+                f"{experiment!r} ({cfg.model.backbone}); give one: --checkpoint {experiment}=FILE"
+            )
         path = files[cfg.model.backbone]
     with torch.device("meta"):
         backbone = build_backbone(cfg.model.backbone, **backbone_kwargs(cfg))
@@ -95,8 +98,10 @@ def parse_checkpoint(values: list[str], sizes: list[str]) -> str | CommentedMap:
         return pairs[0][1]
     plain = [v for s, v in pairs if s is None]
     if plain:
-        raise ValueError(f"--checkpoint {plain[0]}: with several files, give each as SIZE=FILE, SIZE one of "
-                         f"study.sizes ({', '.join(sizes)})")
+        raise ValueError(
+            f"--checkpoint {plain[0]}: with several files, give each as SIZE=FILE, SIZE one of "
+            f"study.sizes ({', '.join(sizes)})"
+        )
     return _flow(**dict(pairs))
 
 
@@ -105,16 +110,25 @@ def _recipe(p: dict, like: str, lr: float | None, weight_decay: float | None) ->
     if like not in recipes:
         raise ValueError(f"--recipe-like {like!r}; {config.closest(like, recipes)}")
     base = recipes[like]
-    return _flow(lr=base["lr"] if lr is None else lr,
-                 weight_decay=base["weight_decay"] if weight_decay is None else weight_decay)
+    return _flow(
+        lr=base["lr"] if lr is None else lr, weight_decay=base["weight_decay"] if weight_decay is None else weight_decay
+    )
 
 
 def _schedule_name(name: str, schedule: Any) -> str:
     return f"{name}-x{schedule}"
 
 
-def add(name: str, checkpoint: list[str], fmt: str = "auto", like: str = "mae", lr: float | None = None,
-        weight_decay: float | None = None, params_path: str | Path = "params.yaml", dry_run: bool = False) -> dict:
+def add(
+    name: str,
+    checkpoint: list[str],
+    fmt: str = "auto",
+    like: str = "mae",
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    params_path: str | Path = "params.yaml",
+    dry_run: bool = False,
+) -> dict:
     """Add initialization `name` to `params_path`; returns {"text", "format", "reports": {experiment: LoadReport}}."""
     from .io import atomic_write_text
     from .report import study
@@ -124,13 +138,17 @@ def add(name: str, checkpoint: list[str], fmt: str = "auto", like: str = "mae", 
     params = y.load(params_path.read_text())
     known = config.init_names(params)
     if not NAME.match(name):
-        raise ValueError(f"initialization name {name!r}: letters, digits and _ only, starting with a letter "
-                         f"(it names run folders and DVC stages)")
+        raise ValueError(
+            f"initialization name {name!r}: letters, digits and _ only, starting with a letter "
+            f"(it names run folders and DVC stages)"
+        )
     if name in known:
         mine = [i for i in known if i not in config.INITS]
-        raise ValueError(f"initialization {name!r} exists already (the paper's: {', '.join(config.INITS)}; "
-                         f"yours: {', '.join(mine) or 'none'}); choose another name"
-                         + (f" or `python -m studylib.inits remove {name}` first" if name in mine else ""))
+        raise ValueError(
+            f"initialization {name!r} exists already (the paper's: {', '.join(config.INITS)}; "
+            f"yours: {', '.join(mine) or 'none'}); choose another name"
+            + (f" or `python -m studylib.inits remove {name}` first" if name in mine else "")
+        )
     if fmt not in CLI_FORMATS:
         raise ValueError(f"--format {fmt!r}; {config.closest(fmt, CLI_FORMATS)}")
     s = params["study"]
@@ -142,7 +160,7 @@ def add(name: str, checkpoint: list[str], fmt: str = "auto", like: str = "mae", 
     params["recipes"][name] = _recipe(params, like, lr, weight_decay)
     s["inits"].append(name)
     s["checkpoints"][name] = _flow(file=entry, format=used)
-    for key, item in list((s["convergence"] or {}).items()):
+    for item in list((s["convergence"] or {}).values()):
         if item["init"] == like and _schedule_name(name, item["schedule"]) not in s["convergence"]:
             s["convergence"][_schedule_name(name, item["schedule"])] = _flow(init=name, schedule=item["schedule"])
     buf = io.StringIO()
@@ -155,8 +173,10 @@ def add(name: str, checkpoint: list[str], fmt: str = "auto", like: str = "mae", 
         atomic_write_text(params_path, text)
     notes = []
     if lr is not None and config.resolve(plain, "main")["train"].get("lr") is not None:
-        notes.append(f"scale {plain.get('scale')!r} sets train.lr for every initialization: recipes.{name}.lr "
-                     f"applies where it does not (the paper scale)")
+        notes.append(
+            f"scale {plain.get('scale')!r} sets train.lr for every initialization: recipes.{name}.lr "
+            f"applies where it does not (the paper scale)"
+        )
     return {"text": text, "format": used, "detected": fmt == "auto", "reports": reports, "notes": notes}
 
 
@@ -170,8 +190,10 @@ def remove(name: str, params_path: str | Path = "params.yaml", dry_run: bool = F
     params = y.load(params_path.read_text())
     mine = user_inits(params)
     if name in config.INITS:
-        raise ValueError(f"{name!r} is one of the paper's initializations; `remove` takes out yours "
-                         f"({', '.join(mine) or 'none'}); edit study.inits to leave it out of the study")
+        raise ValueError(
+            f"{name!r} is one of the paper's initializations; `remove` takes out yours "
+            f"({', '.join(mine) or 'none'}); edit study.inits to leave it out of the study"
+        )
     if name not in mine:
         raise ValueError(f"no initialization {name!r} in {params_path}; yours: {', '.join(mine) or 'none'}")
     s = params["study"]
@@ -218,9 +240,16 @@ def rows(params: str | Path | dict) -> list[dict[str, Any]]:
             shown = f"auto ({rule_fmt})"
         rule = PAPER_RULES[rule_fmt]
         abs_pos, rel_pos = base.init.abs_pos or rule[0], base.init.rel_pos or rule[1]
-        out.append({"init": kind, "origin": "paper" if kind in config.INITS else "yours", "file": where,
-                    "format": shown, "recipe": f"lr {recipes[kind]['lr']:g}, weight decay "
-                    f"{recipes[kind]['weight_decay']:g}", "positions": f"abs {abs_pos}, rel {rel_pos}"})
+        out.append(
+            {
+                "init": kind,
+                "origin": "paper" if kind in config.INITS else "yours",
+                "file": where,
+                "format": shown,
+                "recipe": f"lr {recipes[kind]['lr']:g}, weight decay {recipes[kind]['weight_decay']:g}",
+                "positions": f"abs {abs_pos}, rel {rel_pos}",
+            }
+        )
     return out
 
 
@@ -235,9 +264,11 @@ def next_stages(root: str | Path = ".") -> list[str]:
 
 
 def _print_report(experiment: str, r: LoadReport) -> None:
-    print(f"  {experiment}: {r.path}: format {r.format}, abs_pos {r.abs_pos}, rel_pos {r.rel_pos}; "
-          f"{len(r.loaded)} tensors loaded, {len(r.resized)} resized {sorted(r.resized) or ''}, "
-          f"{len(r.dropped)} dropped, {len(r.missing)} initialized here {sorted(r.missing) or ''}")
+    print(
+        f"  {experiment}: {r.path}: format {r.format}, abs_pos {r.abs_pos}, rel_pos {r.rel_pos}; "
+        f"{len(r.loaded)} tensors loaded, {len(r.resized)} resized {sorted(r.resized) or ''}, "
+        f"{len(r.dropped)} dropped, {len(r.missing)} initialized here {sorted(r.missing) or ''}"
+    )
     for note in r.notes:
         print(f"    note: {note}")
     if r.unexpected:
@@ -266,11 +297,19 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     a = sub.add_parser("add", help="add an initialization (a checkpoint file) to the study")
     a.add_argument("name")
-    a.add_argument("--checkpoint", action="append", required=True, metavar="[SIZE=]PATH",
-                   help="the file; at several model sizes one SIZE=PATH per experiment of study.sizes")
+    a.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        metavar="[SIZE=]PATH",
+        help="the file; at several model sizes one SIZE=PATH per experiment of study.sizes",
+    )
     a.add_argument("--format", default="auto", choices=CLI_FORMATS, help="the file's layout (auto: detected)")
-    a.add_argument("--recipe-like", default="mae", help="the initialization whose lr / weight decay (and Figure 2 "
-                   "schedules) it takes (default: mae)")
+    a.add_argument(
+        "--recipe-like",
+        default="mae",
+        help="the initialization whose lr / weight decay (and Figure 2 schedules) it takes (default: mae)",
+    )
     a.add_argument("--lr", type=float, help="lr at batch 64, instead of the recipe's")
     a.add_argument("--weight-decay", type=float, help="instead of the recipe's")
     a.add_argument("--dry-run", action="store_true", help="print the new params instead of writing them")
@@ -286,17 +325,29 @@ def main(argv: list[str] | None = None) -> int:
     params_path = Path(args.params)
     try:
         if args.command == "add":
-            out = add(args.name, args.checkpoint, args.format, args.recipe_like, args.lr, args.weight_decay,
-                      params_path, args.dry_run)
-            print(f"{args.name}: format {out['format']}{' (detected)' if out['detected'] else ''}; the loader's report:")
+            out = add(
+                args.name,
+                args.checkpoint,
+                args.format,
+                args.recipe_like,
+                args.lr,
+                args.weight_decay,
+                params_path,
+                args.dry_run,
+            )
+            print(
+                f"{args.name}: format {out['format']}{' (detected)' if out['detected'] else ''}; the loader's report:"
+            )
             for experiment, report in out["reports"].items():
                 _print_report(experiment, report)
             for note in out["notes"]:
                 print(f"note: {note}")
         elif args.command == "remove":
             out = remove(args.name, params_path, args.dry_run)
-            print(f"{args.name}: removed (recipes, study.inits, study.checkpoints"
-                  f"{', ' + ', '.join(out['dropped']) if out['dropped'] else ''}); its run folders stay on disk")
+            print(
+                f"{args.name}: removed (recipes, study.inits, study.checkpoints"
+                f"{', ' + ', '.join(out['dropped']) if out['dropped'] else ''}); its run folders stay on disk"
+            )
         else:
             import pandas as pd
 

@@ -1,4 +1,5 @@
 """Atomic writes: a result file is either the old one or the complete new one, never half written."""
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,9 @@ def project_root(start: str | Path | None = None) -> Path:
     try:
         root = Path(Repo.find_root(str(start)))
     except NotDvcRepoError:
-        raise ValueError(f"{start}: neither it nor a parent folder is the study's root (a DVC project, .dvc/)") from None
+        raise ValueError(
+            f"{start}: neither it nor a parent folder is the study's root (a DVC project, .dvc/)"
+        ) from None
     if not (root / "params.yaml").is_file():
         raise ValueError(f"{root}: the DVC project holds no params.yaml (the study's root has one)")
     return root

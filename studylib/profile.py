@@ -9,6 +9,7 @@ value replaces the old one whole, the way `dvc exp run -S key=value` does. Keys 
 (a misspelt key is an error naming the closest ones); comments and layout of params.yaml are kept
 (ruamel.yaml round trip). The result is validated (`studylib.report.study.check`) before it is written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,9 @@ def set_key(params: CommentedMap, dotted: str, value: Any, where: str) -> None:
     for i, part in enumerate(parts):
         if not isinstance(node, dict) or part not in node:
             allowed = list(node) if isinstance(node, dict) else []
-            raise ValueError(f"{where}: key {dotted!r}: {'.'.join(parts[:i + 1])!r} is not in params; "
-                             f"{closest(part, allowed)}")
+            raise ValueError(
+                f"{where}: key {dotted!r}: {'.'.join(parts[: i + 1])!r} is not in params; {closest(part, allowed)}"
+            )
         if i == len(parts) - 1:
             _carry_comments(node[part], value)
             node[part] = value
@@ -77,8 +79,9 @@ def set_key(params: CommentedMap, dotted: str, value: Any, where: str) -> None:
             node = node[part]
 
 
-def apply(name: str, params_path: str | Path = "params.yaml", profiles_dir: Path = PROFILES,
-          dry_run: bool = False) -> str:
+def apply(
+    name: str, params_path: str | Path = "params.yaml", profiles_dir: Path = PROFILES, dry_run: bool = False
+) -> str:
     """Apply profiles/NAME.yaml to `params_path`; returns the new text (written unless dry_run)."""
     from .io import atomic_write_text
     from .report.study import check

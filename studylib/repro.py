@@ -22,6 +22,7 @@ On 2 CPU cores two single-threaded stages give ~1.5x the throughput of one two-t
 The graph comes from DVC's own index (`Repo.index.graph`, edges from a stage to the stages it
 depends on) -- not re-derived by hand.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,9 +68,17 @@ def plan(root: str | Path = ".", targets: list[str] | None = None) -> Plan:
         return Plan(order, needs)
 
 
-def run(root: str | Path = ".", jobs: int = 2, targets: list[str] | None = None, force: bool = False,
-        dvc: str = "dvc", log=lambda msg: print(msg, flush=True), timings: str | Path | None = None,
-        launcher: str | None = None, cluster: str | Path | None = None) -> int:
+def run(
+    root: str | Path = ".",
+    jobs: int = 2,
+    targets: list[str] | None = None,
+    force: bool = False,
+    dvc: str = "dvc",
+    log=lambda msg: print(msg, flush=True),
+    timings: str | Path | None = None,
+    launcher: str | None = None,
+    cluster: str | Path | None = None,
+) -> int:
     """Reproduce the stages of `plan(root, targets)` with up to `jobs` at once; 0 when all succeed.
 
     `timings`: a JSON file written at the end, {"jobs", "wall_s", "stages": {name: {start_s, end_s, rc}}}
@@ -143,19 +152,27 @@ def launch_env(root: str | Path, launcher: str | None, cluster: str | Path | Non
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m studylib.repro", description=__doc__.split("\n\n")[0])
-    ap.add_argument("targets", nargs="*", help="stages (or stage families, e.g. main) and their upstream; "
-                                               "default: every stage of dvc.yaml")
+    ap.add_argument(
+        "targets",
+        nargs="*",
+        help="stages (or stage families, e.g. main) and their upstream; default: every stage of dvc.yaml",
+    )
     ap.add_argument("--jobs", "-j", type=int, default=2, help="stages run at once (default 2)")
     ap.add_argument("--force", "-f", action="store_true", help="re-run stages even when up to date")
     ap.add_argument("--root", default=".", help="the DVC project (default: the current folder)")
     ap.add_argument("--timings", help="write each stage's start and end (JSON) to this file")
-    ap.add_argument("--launcher", choices=("local", "slurm"), help="where training runs execute: here (local) or "
-                    "one SLURM job each (slurm); default: $STUDYLIB_LAUNCHER, else local. Not a DVC param")
+    ap.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        help="where training runs execute: here (local) or "
+        "one SLURM job each (slurm); default: $STUDYLIB_LAUNCHER, else local. Not a DVC param",
+    )
     ap.add_argument("--cluster", metavar="YAML", help="SLURM options (default: $STUDYLIB_CLUSTER, else ./cluster.yaml)")
     a = ap.parse_args(argv)
     try:
-        return run(a.root, a.jobs, a.targets or None, a.force, timings=a.timings, launcher=a.launcher,
-                   cluster=a.cluster)
+        return run(
+            a.root, a.jobs, a.targets or None, a.force, timings=a.timings, launcher=a.launcher, cluster=a.cluster
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

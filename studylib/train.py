@@ -8,6 +8,7 @@ and `--launcher slurm` submits it as one SLURM job laid out by cluster.yaml (nod
 process per task), waits, and exits with the run's status; logs and OUT/launch.json in OUT
 (studylib.launch). Re-running the same command re-attaches to the job or resumes from its checkpoint.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,14 +24,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--params", default="params.yaml", help="the study's params file")
     p.add_argument("--experiment", default="baseline", help="an experiments.NAME of the params file (or baseline)")
     p.add_argument("--out", required=True, help="output directory of the run")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value (repeatable), e.g. --set train.max_iters=10")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable), e.g. --set train.max_iters=10",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pth if present")
-    p.add_argument("--launcher", choices=("local", "slurm"), default=None,
-                   help="local: this process (under torchrun: one of its processes); slurm: one SLURM job "
-                        "(default: $STUDYLIB_LAUNCHER, else local)")
-    p.add_argument("--cluster", metavar="YAML",
-                   help="SLURM options file (default: $STUDYLIB_CLUSTER, else ./cluster.yaml)")
+    p.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default=None,
+        help="local: this process (under torchrun: one of its processes); slurm: one SLURM job "
+        "(default: $STUDYLIB_LAUNCHER, else local)",
+    )
+    p.add_argument(
+        "--cluster", metavar="YAML", help="SLURM options file (default: $STUDYLIB_CLUSTER, else ./cluster.yaml)"
+    )
     return p.parse_args(argv)
 
 

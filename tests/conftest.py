@@ -1,6 +1,8 @@
 """Shared fixtures: a fresh clone of the repository and, once per session, the micro study run in one."""
+
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -29,9 +31,9 @@ def fresh_clone(dst: Path) -> Path:
 
 @dataclass
 class MicroStudy:
-    root: Path                                  # a fresh clone with the micro profile, reproduced
-    profile: subprocess.CompletedProcess        # `python -m studylib.profile micro`
-    repro: subprocess.CompletedProcess          # `python -m studylib.repro --jobs 2`
+    root: Path  # a fresh clone with the micro profile, reproduced
+    profile: subprocess.CompletedProcess  # `python -m studylib.profile micro`
+    repro: subprocess.CompletedProcess  # `python -m studylib.repro --jobs 2`
 
     def run(self, *cmd: str, timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, cwd=self.root, capture_output=True, text=True, timeout=timeout, **kwargs)
@@ -54,3 +56,27 @@ def study_copy(micro_study: MicroStudy, tmp_path: Path) -> Path:
     """A copy of the finished micro study (git, DVC cache and lock included) that a test may change."""
     assert micro_study.repro.returncode == 0, micro_study.repro.stdout[-4000:] + micro_study.repro.stderr[-4000:]
     return Path(shutil.copytree(micro_study.root, tmp_path / "study", symlinks=True))
+
+
+def slurm_reachable() -> str | None:
+    """None when SLURM takes jobs (started here from an installed SLURM if need be), else why not."""
+    from studylib.launch import slurm
+
+    why = slurm.unavailable()
+    if why is not None and os.geteuid() == 0:
+        subprocess.run(["bash", str(REPO / "tools" / "slurm_up.sh"), "--no-install"], capture_output=True, timeout=120)
+        why = slurm.unavailable()
+    return why
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Path:
+    why = slurm_reachable()
+    if why is not None:
+        message = f"SLURM not reachable: {why}; `sudo bash tools/slurm_up.sh` starts a one-node test cluster"
+        if os.environ.get("STUDYLIB_REQUIRE_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    path = tmp_path_factory.mktemp("cluster") / "cluster.yaml"
+    path.write_text("slurm: {cpus_per_task: 1, time_min: 30, poll_s: 0.5}\n")
+    return path

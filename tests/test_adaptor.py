@@ -1,4 +1,5 @@
 """The multi-scale adaptor: every ablation combination runs forward/backward; strides and shapes; bad input."""
+
 from __future__ import annotations
 
 import itertools
@@ -18,15 +19,30 @@ ATTENTION = {  # name -> ViT keywords
 }
 
 
-def tiny_vit(attention: str = "hybrid", use_abs_pos: bool = True, use_rel_pos: bool = True, img_size: int = 64,
-             patch_size: int = 8) -> ViT:
-    kw = dict(img_size=img_size, patch_size=patch_size, embed_dim=32, depth=4, num_heads=2, window_size=4,
-              pretrain_img_size=4 * patch_size, use_abs_pos=use_abs_pos, use_rel_pos=use_rel_pos)
+def tiny_vit(
+    attention: str = "hybrid",
+    use_abs_pos: bool = True,
+    use_rel_pos: bool = True,
+    img_size: int = 64,
+    patch_size: int = 8,
+) -> ViT:
+    kw = dict(
+        img_size=img_size,
+        patch_size=patch_size,
+        embed_dim=32,
+        depth=4,
+        num_heads=2,
+        window_size=4,
+        pretrain_img_size=4 * patch_size,
+        use_abs_pos=use_abs_pos,
+        use_rel_pos=use_rel_pos,
+    )
     return ViT(**{**kw, **ATTENTION[attention]})
 
 
-@pytest.mark.parametrize("attention,abs_pos,rel_pos,kind",
-                         list(itertools.product(ATTENTION, (True, False), (True, False), KINDS)))
+@pytest.mark.parametrize(
+    "attention,abs_pos,rel_pos,kind", list(itertools.product(ATTENTION, (True, False), (True, False), KINDS))
+)
 def test_forward_backward_every_combination(attention, abs_pos, rel_pos, kind):
     torch.manual_seed(0)
     adaptor = build_adaptor(tiny_vit(attention, abs_pos, rel_pos), kind=kind, out_channels=16).train()
@@ -53,8 +69,7 @@ def test_forward_backward_every_combination(attention, abs_pos, rel_pos, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_strides_and_shapes_at_paper_resolution(kind):
     torch.manual_seed(0)
-    vit = ViT(img_size=1024, patch_size=16, embed_dim=32, depth=4, num_heads=2, window_size=14,
-              pretrain_img_size=224)
+    vit = ViT(img_size=1024, patch_size=16, embed_dim=32, depth=4, num_heads=2, window_size=14, pretrain_img_size=224)
     adaptor = build_adaptor(vit, kind=kind, out_channels=8).eval()
     with torch.no_grad():
         feats = adaptor(torch.randn(1, 3, 1024, 1024))
@@ -96,8 +111,9 @@ def test_single_scale_uses_only_the_last_block():
     assert not torch.allclose(before, after)
 
 
-@pytest.mark.parametrize("norm,layer", [("bn", nn.BatchNorm2d), ("syncbn", nn.SyncBatchNorm), ("gn", nn.GroupNorm),
-                                        ("none", None)])
+@pytest.mark.parametrize(
+    "norm,layer", [("bn", nn.BatchNorm2d), ("syncbn", nn.SyncBatchNorm), ("gn", nn.GroupNorm), ("none", None)]
+)
 @pytest.mark.parametrize("kind", ("multiscale", "simple"))
 def test_fpn_norm(norm, layer, kind):
     adaptor = build_adaptor(tiny_vit(), kind=kind, out_channels=16, norm=norm)
@@ -128,11 +144,14 @@ def test_num_groups():
     assert num_groups(7) == 7
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(kind="pyramid"), "unknown adaptor kind 'pyramid'; allowed: multiscale, single, simple"),
-    (dict(norm="ln"), "unknown norm 'ln'; allowed: bn, syncbn, gn, none"),
-    (dict(out_channels=0), "out_channels=0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(kind="pyramid"), "unknown adaptor kind 'pyramid'; allowed: multiscale, single, simple"),
+        (dict(norm="ln"), "unknown norm 'ln'; allowed: bn, syncbn, gn, none"),
+        (dict(out_channels=0), "out_channels=0"),
+    ],
+)
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_adaptor(tiny_vit(), **kwargs)

@@ -4,6 +4,7 @@ Checkpoints are built here in each official release layout (key names, nesting, 
 keys from the official code) at tiny widths: timm's VisionTransformer and Beit produce the shared
 parts, the wrappers and pre-training-only keys are added by hand.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,20 +36,37 @@ def _perturb(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def timm_vit(seed: int = 0, num_classes: int = 10) -> VisionTransformer:
-    return _perturb(VisionTransformer(img_size=IMG, patch_size=PATCH, embed_dim=C, depth=DEPTH, num_heads=HEADS,
-                                      num_classes=num_classes), seed)
+    return _perturb(
+        VisionTransformer(
+            img_size=IMG, patch_size=PATCH, embed_dim=C, depth=DEPTH, num_heads=HEADS, num_classes=num_classes
+        ),
+        seed,
+    )
 
 
 def timm_beit(seed: int = 0, shared: bool = True) -> Beit:
-    return _perturb(Beit(img_size=IMG, patch_size=PATCH, embed_dim=C, depth=DEPTH, num_heads=HEADS, num_classes=7,
-                         use_abs_pos_emb=False, use_shared_rel_pos_bias=shared, use_rel_pos_bias=not shared,
-                         init_values=0.1), seed)
+    return _perturb(
+        Beit(
+            img_size=IMG,
+            patch_size=PATCH,
+            embed_dim=C,
+            depth=DEPTH,
+            num_heads=HEADS,
+            num_classes=7,
+            use_abs_pos_emb=False,
+            use_shared_rel_pos_bias=shared,
+            use_rel_pos_bias=not shared,
+            init_values=0.1,
+        ),
+        seed,
+    )
 
 
 def mocov3_pos_embed(h: int, w: int, dim: int) -> torch.Tensor:
     """MoCo v3 `vits.py` build_2d_sincos_position_embedding, rewritten: (1, 1 + h*w, dim), zero cls slot."""
-    grid_w, grid_h = torch.meshgrid(torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32),
-                                    indexing="ij")
+    grid_w, grid_h = torch.meshgrid(
+        torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32), indexing="ij"
+    )
     omega = 1.0 / 10000.0 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
     out_w, out_h = grid_w.flatten()[:, None] * omega, grid_h.flatten()[:, None] * omega
     emb = torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)
@@ -72,14 +90,19 @@ def mae_full_ckpt(vit: VisionTransformer) -> dict:
     for name, shape in (("norm1.weight", (dd,)), ("attn.qkv.weight", (3 * dd, dd)), ("mlp.fc2.bias", (dd,))):
         sd[f"decoder_blocks.0.{name}"] = torch.randn(shape)
     sd["decoder_norm.weight"], sd["decoder_norm.bias"] = torch.ones(dd), torch.zeros(dd)
-    sd["decoder_pred.weight"], sd["decoder_pred.bias"] = torch.randn(PATCH * PATCH * 3, dd), torch.randn(PATCH ** 2 * 3)
+    sd["decoder_pred.weight"], sd["decoder_pred.bias"] = torch.randn(PATCH * PATCH * 3, dd), torch.randn(PATCH**2 * 3)
     return {"model": sd}
 
 
 def deit_ckpt(vit: VisionTransformer) -> dict:
     """DeiT training checkpoint: {'model', 'optimizer', 'lr_scheduler', 'epoch', 'args'} with a head."""
-    return {"model": vit.state_dict(), "optimizer": {"state": {}, "param_groups": []}, "lr_scheduler": {},
-            "epoch": 299, "args": argparse.Namespace(model="deit_tiny", lr=5e-4)}
+    return {
+        "model": vit.state_dict(),
+        "optimizer": {"state": {}, "param_groups": []},
+        "lr_scheduler": {},
+        "epoch": 299,
+        "args": argparse.Namespace(model="deit_tiny", lr=5e-4),
+    }
 
 
 def mocov3_ckpt(vit: VisionTransformer) -> dict:
@@ -87,18 +110,31 @@ def mocov3_ckpt(vit: VisionTransformer) -> dict:
     enc = {k: v for k, v in vit.state_dict().items() if not k.startswith("head.")}
     enc["pos_embed"] = mocov3_pos_embed(GRID, GRID, C)
     mlp, out = 24, 8  # builder._build_mlp(3, C, mlp, out): Linear(no bias), BN, ReLU, ..., BN(affine=False)
-    head = {"head.0.weight": torch.randn(mlp, C), "head.3.weight": torch.randn(mlp, mlp),
-            "head.6.weight": torch.randn(out, mlp)}
+    head = {
+        "head.0.weight": torch.randn(mlp, C),
+        "head.3.weight": torch.randn(mlp, mlp),
+        "head.6.weight": torch.randn(out, mlp),
+    }
     for i, n in (("1", mlp), ("4", mlp)):
         head.update({f"head.{i}.weight": torch.ones(n), f"head.{i}.bias": torch.zeros(n)})
     for i, n in (("1", mlp), ("4", mlp), ("7", out)):
-        head.update({f"head.{i}.running_mean": torch.zeros(n), f"head.{i}.running_var": torch.ones(n),
-                     f"head.{i}.num_batches_tracked": torch.tensor(5)})
+        head.update(
+            {
+                f"head.{i}.running_mean": torch.zeros(n),
+                f"head.{i}.running_var": torch.ones(n),
+                f"head.{i}.num_batches_tracked": torch.tensor(5),
+            }
+        )
     sd = {f"module.base_encoder.{k}": v for k, v in {**enc, **head}.items()}
     sd.update({f"module.momentum_encoder.{k}": v + 0.01 for k, v in {**enc, **head}.items()})
     sd.update({"module.predictor.0.weight": torch.randn(mlp, out), "module.predictor.3.weight": torch.randn(out, mlp)})
-    return {"epoch": 300, "arch": "vit_small", "state_dict": sd, "optimizer": {"state": {}, "param_groups": []},
-            "scaler": {"scale": 65536.0}}
+    return {
+        "epoch": 300,
+        "arch": "vit_small",
+        "state_dict": sd,
+        "optimizer": {"state": {}, "param_groups": []},
+        "scaler": {"scale": 65536.0},
+    }
 
 
 def _beit_index(grid: int) -> torch.Tensor:
@@ -114,8 +150,15 @@ def beit_pretrain_ckpt(beit: Beit, wrapper: str = "model") -> dict:
     """BEiT pre-training (modeling_pretrain.py): shared table + index buffer, mask_token, norm, lm_head."""
     sd = {k: v for k, v in beit.state_dict().items() if not k.startswith(("fc_norm.", "head."))}
     sd["rel_pos_bias.relative_position_index"] = _beit_index(GRID)
-    sd.update({"mask_token": torch.randn(1, 1, C), "norm.weight": torch.ones(C), "norm.bias": torch.zeros(C),
-               "lm_head.weight": torch.randn(64, C), "lm_head.bias": torch.zeros(64)})
+    sd.update(
+        {
+            "mask_token": torch.randn(1, 1, C),
+            "norm.weight": torch.ones(C),
+            "norm.bias": torch.zeros(C),
+            "lm_head.weight": torch.randn(64, C),
+            "lm_head.bias": torch.zeros(64),
+        }
+    )
     return {wrapper: sd, "epoch": 799, "args": argparse.Namespace(layer_scale_init_value=0.1)}
 
 
@@ -127,8 +170,9 @@ def beit_finetuned_ckpt(beit: Beit) -> dict:
 
 
 def our_vit(**kw) -> ViT:
-    args = dict(img_size=IMG, pretrain_img_size=IMG, patch_size=PATCH, embed_dim=C, depth=DEPTH, num_heads=HEADS,
-                window_size=0)
+    args = dict(
+        img_size=IMG, pretrain_img_size=IMG, patch_size=PATCH, embed_dim=C, depth=DEPTH, num_heads=HEADS, window_size=0
+    )
     return ViT(**{**args, **kw}).eval()
 
 
@@ -175,10 +219,14 @@ def assert_all_backbone_loaded(model: ViT, report: LoadReport) -> None:
 @pytest.mark.parametrize("layout", ["mae_encoder", "mae_full", "deit", "mocov3"])
 def test_vit_layouts_match_the_original_forward(tmp_path, layout):
     vit = timm_vit()
-    ckpt = {"mae_encoder": mae_encoder_ckpt, "mae_full": mae_full_ckpt, "deit": deit_ckpt,
-            "mocov3": mocov3_ckpt}[layout](vit)
-    state = ckpt.get("model") or {k[len("module.base_encoder."):]: v for k, v in ckpt["state_dict"].items()
-                                  if k.startswith("module.base_encoder.")}
+    ckpt = {"mae_encoder": mae_encoder_ckpt, "mae_full": mae_full_ckpt, "deit": deit_ckpt, "mocov3": mocov3_ckpt}[
+        layout
+    ](vit)
+    state = ckpt.get("model") or {
+        k[len("module.base_encoder.") :]: v
+        for k, v in ckpt["state_dict"].items()
+        if k.startswith("module.base_encoder.")
+    }
     model = our_vit()
     report = load_pretrained(model, save(ckpt, tmp_path))
     assert report.format == {"mae_encoder": "mae", "mae_full": "mae"}.get(layout, layout)
@@ -193,8 +241,15 @@ def test_vit_layouts_match_the_original_forward(tmp_path, layout):
 
 def test_mae_drops_are_reported_with_reasons(tmp_path):
     report = load_pretrained(our_vit(), save(mae_full_ckpt(timm_vit()), tmp_path))
-    for key in ("mask_token", "decoder_embed.weight", "decoder_blocks.0.norm1.weight", "decoder_pred.bias",
-                "cls_token", "norm.weight", "norm.bias"):
+    for key in (
+        "mask_token",
+        "decoder_embed.weight",
+        "decoder_blocks.0.norm1.weight",
+        "decoder_pred.bias",
+        "cls_token",
+        "norm.weight",
+        "norm.bias",
+    ):
         assert key in report.dropped, key
     assert "final norm" in report.dropped["norm.weight"]
     assert any("sin-cos" in n for n in report.notes)
@@ -224,8 +279,8 @@ def test_beit_pretrain_matches_the_original_forward(tmp_path, window_size):
         assert name in report.dropped, name
     assert report.loaded["blocks.1.attn.qkv.bias"]["from"].startswith("blocks.1.attn.q_bias")
     qkv_bias = model.blocks[1].attn.qkv.bias.detach()
-    torch.testing.assert_close(qkv_bias[C:2 * C], torch.zeros(C))  # BEiT has no k bias
-    torch.testing.assert_close(qkv_bias[2 * C:], beit.blocks[1].attn.v_bias.detach())
+    torch.testing.assert_close(qkv_bias[C : 2 * C], torch.zeros(C))  # BEiT has no k bias
+    torch.testing.assert_close(qkv_bias[2 * C :], beit.blocks[1].attn.v_bias.detach())
     torch.testing.assert_close(model.blocks[2].ls2.gamma, beit.blocks[2].gamma_2, rtol=0, atol=0)
     assert (model.rel_pos_window is not None) == (window_size > 0)
     for module in (model.rel_pos_window, model.rel_pos_global):
@@ -249,10 +304,8 @@ def test_beit_per_block_tables_are_averaged_per_shared_table(tmp_path):
     report = load_pretrained(model, save(beit_finetuned_ckpt(beit), tmp_path))
     assert report.format == "beit"
     assert "blocks.2.attn.relative_position_index" in report.dropped and "head.weight" in report.dropped
-    torch.testing.assert_close(model.rel_pos_window.relative_position_bias_table.detach(),
-                               tables[[0, 2]].mean(0)[:-3])
-    torch.testing.assert_close(model.rel_pos_global.relative_position_bias_table.detach(),
-                               tables[[1, 3]].mean(0)[:-3])
+    torch.testing.assert_close(model.rel_pos_window.relative_position_bias_table.detach(), tables[[0, 2]].mean(0)[:-3])
+    torch.testing.assert_close(model.rel_pos_global.relative_position_bias_table.detach(), tables[[1, 3]].mean(0)[:-3])
     assert "mean of 2 blocks" in report.loaded["rel_pos_global.relative_position_bias_table"]["from"]
 
 
@@ -265,9 +318,14 @@ def test_positional_tables_resized_to_our_grids(tmp_path):
     report = load_pretrained(model, save(beit_pretrain_ckpt(beit), tmp_path))
     assert report.resized["rel_pos_window.relative_position_bias_table"]["to_shape"] == [9, HEADS]
     assert report.resized["rel_pos_global.relative_position_bias_table"] == {
-        "from": "rel_pos_bias.relative_position_bias_table", "from_shape": [52, HEADS], "to_shape": [225, HEADS]}
-    torch.testing.assert_close(model.rel_pos_global.relative_position_bias_table.detach(),
-                               resize_rel_pos_table(table[:-3], (GRID, GRID), (8, 8)))
+        "from": "rel_pos_bias.relative_position_bias_table",
+        "from_shape": [52, HEADS],
+        "to_shape": [225, HEADS],
+    }
+    torch.testing.assert_close(
+        model.rel_pos_global.relative_position_bias_table.detach(),
+        resize_rel_pos_table(table[:-3], (GRID, GRID), (8, 8)),
+    )
 
     vit = timm_vit()
     model = our_vit(pretrain_img_size=48, img_size=64)
@@ -302,8 +360,9 @@ def test_positional_overrides(tmp_path):
     with pytest.raises(ValueError, match="allowed pt, rand, zero, no"):
         load_pretrained(our_vit(), path, abs_pos="learned")
     with pytest.raises(ValueError, match="abs_pos='pt'.*no absolute"):
-        load_pretrained(our_vit(layer_scale_init=0.1), save(beit_pretrain_ckpt(timm_beit()), tmp_path, "b.pth"),
-                        abs_pos="pt")
+        load_pretrained(
+            our_vit(layer_scale_init=0.1), save(beit_pretrain_ckpt(timm_beit()), tmp_path, "b.pth"), abs_pos="pt"
+        )
 
 
 def test_random_init_report():
@@ -363,8 +422,13 @@ def test_detect_format_of_each_layout():
     assert detect_format(mae_full_ckpt(vit)) == "mae"
     assert detect_format(deit_ckpt(vit)) == "deit"
     assert detect_format(mocov3_ckpt(vit)) == "mocov3"
-    converted = {"model": {k[len("module.base_encoder."):]: v for k, v in mocov3_ckpt(vit)["state_dict"].items()
-                           if k.startswith("module.base_encoder.") and ".head." not in k}}  # convert_to_deit.py
+    converted = {
+        "model": {
+            k[len("module.base_encoder.") :]: v
+            for k, v in mocov3_ckpt(vit)["state_dict"].items()
+            if k.startswith("module.base_encoder.") and ".head." not in k
+        }
+    }  # convert_to_deit.py
     assert detect_format(converted) == "mocov3"
     assert detect_format(beit_pretrain_ckpt(beit)) == "beit"
     assert detect_format(beit_pretrain_ckpt(beit, wrapper="module")) == "beit"
@@ -415,8 +479,18 @@ def test_cli_inspect_prints_json(tmp_path, capsys):
 
 def test_beit_with_absolute_embedding_config(tmp_path):
     """BEiT's public IN-1k config (--abs_pos_emb, no relative bias, no layer scale): the error says what to pass."""
-    beit = _perturb(Beit(img_size=IMG, patch_size=PATCH, embed_dim=C, depth=DEPTH, num_heads=HEADS, num_classes=0,
-                         use_abs_pos_emb=True), 0)
+    beit = _perturb(
+        Beit(
+            img_size=IMG,
+            patch_size=PATCH,
+            embed_dim=C,
+            depth=DEPTH,
+            num_heads=HEADS,
+            num_classes=0,
+            use_abs_pos_emb=True,
+        ),
+        0,
+    )
     path = save({"model": beit.state_dict()}, tmp_path)
     with pytest.raises(ValueError, match="abs_pos='pt', rel_pos='zero'"):
         load_pretrained(our_vit(), path)

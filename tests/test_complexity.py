@@ -1,4 +1,5 @@
 """Table 5's counters: FLOPs / activations of known layers, and timings taken at the run's thread count."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,7 +28,7 @@ class TwoLayers(nn.Module):
 
 def test_count_image_counts_multiply_adds_twice_and_layer_outputs():
     flops, acts = complexity.count_image(TwoLayers(), torch.rand(3, 8, 8))
-    conv = 2 * (3 * 3 * 3) * 4 * 8 * 8    # 2 x (kernel volume) x out channels x output positions
+    conv = 2 * (3 * 3 * 3) * 4 * 8 * 8  # 2 x (kernel volume) x out channels x output positions
     fc = 2 * (4 * 8 * 8) * 5
     assert flops == conv + fc
     assert acts == 4 * 8 * 8 + 5

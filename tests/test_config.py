@@ -1,4 +1,5 @@
 """Config: baseline ⊕ scale ⊕ experiment ⊕ overrides, validated once with helpful errors."""
+
 import pytest
 
 from studylib import config
@@ -8,18 +9,17 @@ PARAMS = {
     "baseline": {"model": {"backbone": "vit_base", "attention": "hybrid"}, "train": {"epochs": 25, "batch_size": 64}},
     "scales": {"small": {"model": {"backbone": "vit_micro"}, "train": {"batch_size": 8}}},
     "recipes": {"random": {"lr": 1.6e-4, "weight_decay": 0.2}, "mae": {"lr": 8e-5, "weight_decay": 0.1}},
-    "experiments": {"attn_window_only": {"model": {"attention": "window"}},
-                    "init_mae": {"init": {"kind": "mae"}}},
+    "experiments": {"attn_window_only": {"model": {"attention": "window"}}, "init_mae": {"init": {"kind": "mae"}}},
 }
 
 
 def test_merge_order_and_recipe():
     cfg = config.load(PARAMS, "attn_window_only", ["train.seed=3", "train.lr=1e-3"])
-    assert cfg.model.backbone == "vit_micro"          # scale diff applied
-    assert cfg.model.attention == "window"            # experiment diff applied
+    assert cfg.model.backbone == "vit_micro"  # scale diff applied
+    assert cfg.model.attention == "window"  # experiment diff applied
     assert cfg.train.batch_size == 8 and cfg.train.epochs == 25.0
     assert cfg.train.seed == 3 and cfg.train.lr == 1e-3  # --set wins
-    assert cfg.train.weight_decay == 0.2              # random's recipe
+    assert cfg.train.weight_decay == 0.2  # random's recipe
 
 
 def test_init_recipe_and_default_checkpoint_path():
@@ -28,16 +28,19 @@ def test_init_recipe_and_default_checkpoint_path():
     assert cfg.init.checkpoint == "inits/mae/checkpoint.pth"
 
 
-@pytest.mark.parametrize("experiment, sets, fragment", [
-    ("attn_windw_only", [], "did you mean attn_window_only"),
-    ("attn_window_only", ["model.attention=windowed"], "allowed: window, hybrid, global"),
-    ("attn_window_only", ["model.atention=window"], "did you mean attention"),
-    ("attn_window_only", ["init.abs_pos=pretrained"], "allowed: pt, rand, zero, no"),
-    ("attn_window_only", ["model.backbone=vit_bas"], "did you mean vit_base"),
-    ("attn_window_only", ["train.lr=fast"], "train.lr = 'fast'"),
-    ("attn_window_only", ["train.batch_size=2.5"], "expected int"),
-    ("attn_window_only", ["lr=1"], "expected section.key=value"),
-])
+@pytest.mark.parametrize(
+    "experiment, sets, fragment",
+    [
+        ("attn_windw_only", [], "did you mean attn_window_only"),
+        ("attn_window_only", ["model.attention=windowed"], "allowed: window, hybrid, global"),
+        ("attn_window_only", ["model.atention=window"], "did you mean attention"),
+        ("attn_window_only", ["init.abs_pos=pretrained"], "allowed: pt, rand, zero, no"),
+        ("attn_window_only", ["model.backbone=vit_bas"], "did you mean vit_base"),
+        ("attn_window_only", ["train.lr=fast"], "train.lr = 'fast'"),
+        ("attn_window_only", ["train.batch_size=2.5"], "expected int"),
+        ("attn_window_only", ["lr=1"], "expected section.key=value"),
+    ],
+)
 def test_bad_params_name_the_key_and_the_allowed_values(experiment, sets, fragment):
     with pytest.raises(ValueError, match=fragment):
         config.load(PARAMS, experiment, sets)

@@ -1,4 +1,5 @@
 """CocoInstances: parity with pycocotools on real COCO images, odd inputs, and errors that name the culprit."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ def test_matches_pycocotools(tiny: CocoInstances) -> None:
         assert image.dtype == torch.float32 and image.shape == (3, info["height"], info["width"])
         assert 0.0 <= image.min() and image.max() <= 1.0
         expected_pixels = np.asarray(Image.open(tiny.image_dir / info["file_name"]).convert("RGB"))
-        assert torch.equal((image * 255).round().to(torch.uint8).permute(1, 2, 0), torch.from_numpy(expected_pixels.copy()))
+        assert torch.equal(
+            (image * 255).round().to(torch.uint8).permute(1, 2, 0), torch.from_numpy(expected_pixels.copy())
+        )
 
         anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=False))
         assert target["image_id"] == image_id
@@ -103,8 +106,15 @@ def _write_dataset(root: Path, images: dict[str, Image.Image], anns: list[dict],
 def _ann(ann_id: int, image_id: int, bbox, segmentation=None, category_id: int = 3, iscrowd: int = 0) -> dict:
     x, y, w, h = bbox
     seg = segmentation if segmentation is not None else [[x, y, x + w, y, x + w, y + h, x, y + h]]
-    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": list(bbox),
-            "segmentation": seg, "area": float(w * h), "iscrowd": iscrowd}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": list(bbox),
+        "segmentation": seg,
+        "area": float(w * h),
+        "iscrowd": iscrowd,
+    }
 
 
 def test_polygons_multipart_and_rle(tmp_path: Path) -> None:
@@ -148,8 +158,11 @@ def test_exif_orientation_applied(tmp_path: Path) -> None:
     exif[0x0112] = 6  # displayed rotated by 90 degrees: w 10, h 20
     (tmp_path / "img").mkdir()
     raw.save(tmp_path / "img" / "a.jpg", exif=exif.tobytes(), quality=100)
-    data = {"images": [{"id": 1, "file_name": "a.jpg", "height": 20, "width": 10}], "annotations": [],
-            "categories": [{"id": 1, "name": "x"}]}
+    data = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 20, "width": 10}],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "x"}],
+    }
     (tmp_path / "ok.json").write_text(json.dumps(data))
     image, _ = CocoInstances(tmp_path / "ok.json", tmp_path / "img")[0]
     decoded = Image.open(tmp_path / "img" / "a.jpg")
@@ -185,11 +198,14 @@ def test_missing_image_file_named(tmp_path: Path) -> None:
         CocoInstances(path, tmp_path / "img")
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("category_id", 5, r"annotation id 1: unknown category_id 5 \(categories: \[3, 7\]\)"),
-    ("image_id", 99, r"annotation id 1: unknown image_id 99"),
-    ("bbox", [1, 2, 3], r"annotation id 1: bbox must be \[x, y, w, h\]"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("category_id", 5, r"annotation id 1: unknown category_id 5 \(categories: \[3, 7\]\)"),
+        ("image_id", 99, r"annotation id 1: unknown image_id 99"),
+        ("bbox", [1, 2, 3], r"annotation id 1: bbox must be \[x, y, w, h\]"),
+    ],
+)
 def test_bad_annotation_named(tmp_path: Path, field: str, value, message: str) -> None:
     ann = _ann(1, 1, (1, 1, 4, 4))
     ann[field] = value
@@ -202,14 +218,16 @@ def test_degenerate_boxes_clipped_or_dropped_and_logged(tmp_path: Path, caplog) 
     anns = [
         _ann(1, 1, (2, 2, 4, 4)),
         _ann(2, 1, (10, 3, 20, 4)),  # sticks out on the right: clipped to x2 = 16
-        _ann(3, 1, (5, 5, 0, 3)),    # zero width: dropped
-        _ann(4, 1, (20, 2, 5, 5)),   # entirely outside: zero area after clipping, dropped
+        _ann(3, 1, (5, 5, 0, 3)),  # zero width: dropped
+        _ann(4, 1, (20, 2, 5, 5)),  # entirely outside: zero area after clipping, dropped
     ]
     path = _write_dataset(tmp_path, {"a.png": Image.new("RGB", (16, 12))}, anns)
     with caplog.at_level(logging.WARNING, logger="studylib.data.coco"):
         ds = CocoInstances(path, tmp_path / "img")
-    assert "1 boxes clipped to their image (ann ids [2]), 2 dropped for zero area after clipping (ann ids [3, 4])" \
+    assert (
+        "1 boxes clipped to their image (ann ids [2]), 2 dropped for zero area after clipping (ann ids [3, 4])"
         in caplog.text
+    )
     assert "instances_x.json" in caplog.text
     _, target = ds[0]
     assert target["boxes"].tolist() == [[2, 2, 6, 6], [10, 3, 16, 7]]
@@ -217,8 +235,9 @@ def test_degenerate_boxes_clipped_or_dropped_and_logged(tmp_path: Path, caplog) 
 
 
 def test_bad_sample_error_names_image_id_and_file(tmp_path: Path) -> None:
-    path = _write_dataset(tmp_path, {"a.png": Image.new("RGB", (8, 8)), "b.png": Image.new("RGB", (8, 8))},
-                          [_ann(1, 2, (1, 1, 3, 3))])
+    path = _write_dataset(
+        tmp_path, {"a.png": Image.new("RGB", (8, 8)), "b.png": Image.new("RGB", (8, 8))}, [_ann(1, 2, (1, 1, 3, 3))]
+    )
     (tmp_path / "img" / "b.png").write_bytes(b"not a png")
     ds = CocoInstances(path, tmp_path / "img")
     ds[0]

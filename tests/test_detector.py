@@ -1,5 +1,6 @@
 """Mask R-CNN with the paper's heads: training step, inference at original size, fixed-square transform,
 head structure, RoIAlign levels and the ResNet-FPN baseline against torchvision's v2 model."""
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,15 @@ LOSSES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "lo
 
 
 def tiny_vit(img_size: int = IMG, patch_size: int = 8) -> ViT:
-    return ViT(img_size=img_size, patch_size=patch_size, embed_dim=32, depth=4, num_heads=2, window_size=4,
-               pretrain_img_size=4 * patch_size)
+    return ViT(
+        img_size=img_size,
+        patch_size=patch_size,
+        embed_dim=32,
+        depth=4,
+        num_heads=2,
+        window_size=4,
+        pretrain_img_size=4 * patch_size,
+    )
 
 
 def tiny_model(kind: str = "multiscale", **kwargs) -> torchvision.models.detection.MaskRCNN:
@@ -40,7 +48,7 @@ def tiny_model(kind: str = "multiscale", **kwargs) -> torchvision.models.detecti
 def target(h: int, w: int, boxes: list[list[float]], labels: list[int]) -> dict[str, torch.Tensor]:
     masks = torch.zeros(len(boxes), h, w, dtype=torch.uint8)
     for m, (x0, y0, x1, y1) in zip(masks, boxes):
-        m[int(y0):int(y1), int(x0):int(x1)] = 1
+        m[int(y0) : int(y1), int(x0) : int(x1)] = 1
     return {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels), "masks": masks}
 
 
@@ -84,7 +92,7 @@ def test_transform_eval_resizes_longest_side_and_pads_to_square():
     batch, targets = t([image], [{"boxes": boxes.clone(), "masks": torch.ones(1, 100, 60, dtype=torch.uint8)}])
     assert batch.image_sizes == [(IMG, round(0.6 * IMG))]
     assert batch.tensors.shape == (1, 3, IMG, IMG)
-    assert (batch.tensors[0, :, :, round(0.6 * IMG):] == 0).all()  # padding on the right
+    assert (batch.tensors[0, :, :, round(0.6 * IMG) :] == 0).all()  # padding on the right
     assert targets[0]["masks"].shape == (1, IMG, round(0.6 * IMG))
     torch.testing.assert_close(targets[0]["boxes"], boxes * torch.tensor([38 / 60, 64 / 100] * 2))
     # landscape: the width is the longest side
@@ -145,8 +153,15 @@ def test_paper_heads_structure():
 
 
 def test_head_widths_and_norm_are_parameters():
-    model = build_mask_rcnn(build_adaptor(tiny_vit(), out_channels=16), num_classes=3, img_size=IMG,
-                            head_width=8, fc_dim=24, norm="gn", rois_per_image=64)
+    model = build_mask_rcnn(
+        build_adaptor(tiny_vit(), out_channels=16),
+        num_classes=3,
+        img_size=IMG,
+        head_width=8,
+        fc_dim=24,
+        norm="gn",
+        rois_per_image=64,
+    )
     box_blocks = [m for m in model.roi_heads.box_head if isinstance(m, Conv2dNormActivation)]
     assert all(b[0].out_channels == 8 and isinstance(b[1], nn.GroupNorm) for b in box_blocks)
     assert all(isinstance(b[1], nn.GroupNorm) for b in model.roi_heads.mask_head)
@@ -161,8 +176,10 @@ def test_anchor_sizes():
     assert default_anchor_sizes([2, 4, 8, 16, 32]) == ((16,), (32,), (64,), (128,), (256,))  # patch 8
     paper = build_mask_rcnn(build_adaptor(tiny_vit(1024, 16), out_channels=16), 3, img_size=1024)
     assert paper.rpn.anchor_generator.sizes == ((32,), (64,), (128,), (256,), (512,))
-    assert build_mask_rcnn(build_resnet_fpn_backbone(50, out_channels=16), 3, img_size=1024
-                           ).rpn.anchor_generator.sizes == paper.rpn.anchor_generator.sizes
+    assert (
+        build_mask_rcnn(build_resnet_fpn_backbone(50, out_channels=16), 3, img_size=1024).rpn.anchor_generator.sizes
+        == paper.rpn.anchor_generator.sizes
+    )
     single = build_mask_rcnn(build_adaptor(tiny_vit(1024, 16), kind="single", out_channels=16), 3, img_size=1024)
     assert single.rpn.anchor_generator.sizes == ((32, 64, 128, 256, 512),)
     # the anchors follow the strides, not the image size: patch 8 halves them at any image size
@@ -170,8 +187,12 @@ def test_anchor_sizes():
     assert half.rpn.anchor_generator.sizes == ((16,), (32,), (64,), (128,), (256,))
     assert single.rpn.head.cls_logits.out_channels == 15
     assert single.roi_heads.box_roi_pool.featmap_names == ["0"]
-    custom = build_mask_rcnn(build_adaptor(tiny_vit(), out_channels=16), 3, img_size=IMG,
-                             anchor_sizes=((8, 12), (16, 24), (32, 48), (64, 96), (128, 192)))
+    custom = build_mask_rcnn(
+        build_adaptor(tiny_vit(), out_channels=16),
+        3,
+        img_size=IMG,
+        anchor_sizes=((8, 12), (16, 24), (32, 48), (64, 96), (128, 192)),
+    )
     assert custom.rpn.head.cls_logits.out_channels == 6
     with pytest.raises(ValueError, match="anchor_sizes has 2 levels; the backbone has 5"):
         build_mask_rcnn(build_adaptor(tiny_vit(), out_channels=16), 3, img_size=IMG, anchor_sizes=((8,), (16,)))
@@ -219,12 +240,15 @@ def test_resnet_backbone_strides():
     assert {k: 128 // v.shape[-1] for k, v in feats.items()} == backbone.strides
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(num_classes=1), "num_classes=1 must count the background"),
-    (dict(norm="ln"), "unknown norm 'ln'; allowed: bn, syncbn, gn, none"),
-    (dict(min_size=800), r"build_mask_rcnn sets \['min_size'\] itself"),
-    (dict(box_batch_size_per_image=128), r"sets \['box_batch_size_per_image'\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(num_classes=1), "num_classes=1 must count the background"),
+        (dict(norm="ln"), "unknown norm 'ln'; allowed: bn, syncbn, gn, none"),
+        (dict(min_size=800), r"build_mask_rcnn sets \['min_size'\] itself"),
+        (dict(box_batch_size_per_image=128), r"sets \['box_batch_size_per_image'\]"),
+    ],
+)
 def test_bad_arguments_raise(kwargs, match):
     args = dict(num_classes=3, img_size=IMG) | kwargs
     with pytest.raises(ValueError, match=match):

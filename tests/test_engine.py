@@ -1,4 +1,5 @@
 """Engine units: schedule, parameter groups, sync BN, sharded batches, checkpoints, non-finite loss."""
+
 from __future__ import annotations
 
 import math
@@ -129,7 +130,7 @@ def test_shards_partition_the_epoch_and_resume_mid_epoch():
         s.set_epoch(1)
         shards.append([b[0] for b in s])
     # global batch 2: step k sees the same two images in one process or in two
-    assert [sorted(pair) for pair in zip(*shards)] == [sorted(order[2 * k:2 * k + 2]) for k in range(6)]
+    assert [sorted(pair) for pair in zip(*shards)] == [sorted(order[2 * k : 2 * k + 2]) for k in range(6)]
     single.set_epoch(1, start=4)
     assert [i for b in single for i in b] == order[8:]
     single.set_epoch(2)
@@ -177,7 +178,7 @@ def _sync_bn_worker(rank: int, init_file: str, x: torch.Tensor, out: dict) -> No
     assert isinstance(bn[0], NaiveSyncBatchNorm)
     with torch.no_grad():
         bn[0].weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
-    part = x[rank * 3:(rank + 1) * 3].clone().requires_grad_(True)  # uneven: 3 and 1 images
+    part = x[rank * 3 : (rank + 1) * 3].clone().requires_grad_(True)  # uneven: 3 and 1 images
     y = bn(part)
     (y * torch.arange(y.numel()).view_as(y).float()).sum().backward()
     out[rank] = (y.detach(), part.grad, bn[0].weight.grad, bn[0].running_mean.clone(), bn[0].running_var.clone())
@@ -221,9 +222,16 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     from studylib import engine
     from studylib.engine import trainer
 
-    cfg = config.load(PARAMS, "smoke", [f"data.root={tmp_path / 'data'}", "train.max_iters=6",
-                                        "train.checkpoint_every=2", "data.synthetic={num_train: 4, num_val: 2, "
-                                        "num_unlabeled: 0}"])
+    cfg = config.load(
+        PARAMS,
+        "smoke",
+        [
+            f"data.root={tmp_path / 'data'}",
+            "train.max_iters=6",
+            "train.checkpoint_every=2",
+            "data.synthetic={num_train: 4, num_val: 2, num_unlabeled: 0}",
+        ],
+    )
     real_build = trainer.build_model
 
     def build_poisoned(*args, **kwargs):

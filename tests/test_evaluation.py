@@ -1,4 +1,5 @@
 """COCO evaluation: golden COCOeval numbers, backends, predictions -> results, atomic save, CLI."""
+
 from __future__ import annotations
 
 import contextlib
@@ -31,7 +32,10 @@ GOLDEN = SHARED / "data" / "cocoeval_golden"
 TINYCOCO = SHARED / "data" / "tinycoco" / "annotations"
 # pycocotools 2.0.11 decode under numpy 2 warns about __array__(copy=...); harmless here
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-GOLDEN_FILES = {"bbox": "instances_val2014_fakebbox100_results.json", "segm": "instances_val2014_fakesegm100_results.json"}
+GOLDEN_FILES = {
+    "bbox": "instances_val2014_fakebbox100_results.json",
+    "segm": "instances_val2014_fakesegm100_results.json",
+}
 AP_KEYS = ("AP", "AP50", "AP75")
 AREA_KEYS = ("APs", "APm", "APl", "ARs", "ARm", "ARl")
 
@@ -56,7 +60,9 @@ def _poly(x: float, y: float, w: float, h: float) -> list[list[float]]:
 
 def _ann(i: int, image_id: int, cat: int, box: list[float], iscrowd: int = 0) -> dict:
     x, y, w, h = box
-    return dict(id=i, image_id=image_id, category_id=cat, bbox=box, area=w * h, iscrowd=iscrowd, segmentation=_poly(*box))
+    return dict(
+        id=i, image_id=image_id, category_id=cat, bbox=box, area=w * h, iscrowd=iscrowd, segmentation=_poly(*box)
+    )
 
 
 @pytest.fixture
@@ -88,14 +94,18 @@ def gt_as_outputs(coco: COCO) -> tuple[list[dict], list[int], dict[int, int]]:
     for img in coco.dataset["images"]:
         anns = [a for a in coco.imgToAnns[img["id"]] if not a["iscrowd"]]
         h, w = img["height"], img["width"]
-        boxes = torch.tensor([[x, y, x + bw, y + bh] for x, y, bw, bh in (a["bbox"] for a in anns)], dtype=torch.float64)
+        boxes = torch.tensor(
+            [[x, y, x + bw, y + bh] for x, y, bw, bh in (a["bbox"] for a in anns)], dtype=torch.float64
+        )
         masks = torch.from_numpy(np.stack([coco.annToMask(a) for a in anns])) if anns else torch.zeros(0, h, w)
-        outputs.append(dict(
-            boxes=boxes.reshape(-1, 4),
-            labels=torch.tensor([cat_to_label[a["category_id"]] for a in anns], dtype=torch.int64),
-            scores=torch.ones(len(anns)),
-            masks=masks.float().reshape(-1, 1, h, w),
-        ))
+        outputs.append(
+            dict(
+                boxes=boxes.reshape(-1, 4),
+                labels=torch.tensor([cat_to_label[a["category_id"]] for a in anns], dtype=torch.int64),
+                scores=torch.ones(len(anns)),
+                masks=masks.float().reshape(-1, 1, h, w),
+            )
+        )
         image_ids.append(img["id"])
     return outputs, image_ids, label_to_cat
 
@@ -142,8 +152,20 @@ def test_per_category_ap_averages_to_the_official_ap(backend):
 
 
 def test_stat_keys_are_the_metrics_json_names():
-    assert stat_keys("bbox") == ["bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl",
-                                 "bbox/AR1", "bbox/AR10", "bbox/AR100", "bbox/ARs", "bbox/ARm", "bbox/ARl"]
+    assert stat_keys("bbox") == [
+        "bbox/AP",
+        "bbox/AP50",
+        "bbox/AP75",
+        "bbox/APs",
+        "bbox/APm",
+        "bbox/APl",
+        "bbox/AR1",
+        "bbox/AR10",
+        "bbox/AR100",
+        "bbox/ARs",
+        "bbox/ARm",
+        "bbox/ARl",
+    ]
     assert stat_keys("segm") == [f"segm/{n}" for n in STAT_NAMES]
     with pytest.raises(ValueError, match=r"iou_type='keypoints'.*\['bbox', 'segm'\]"):
         stat_keys("keypoints")
@@ -217,8 +239,12 @@ def test_predictions_to_results_format():
     masks[0, 0, 1:3, 2:5] = 0.9
     masks[0, 0, 4, 0] = 0.5  # exactly at the threshold: background
     masks[1, 0, :, :] = 0.6
-    out = dict(boxes=torch.tensor([[2.0, 1.0, 5.0, 3.0], [0.0, 0.0, 8.0, 6.0]]), labels=torch.tensor([2, 1]),
-               scores=torch.tensor([0.75, 0.25]), masks=masks)
+    out = dict(
+        boxes=torch.tensor([[2.0, 1.0, 5.0, 3.0], [0.0, 0.0, 8.0, 6.0]]),
+        labels=torch.tensor([2, 1]),
+        scores=torch.tensor([0.75, 0.25]),
+        masks=masks,
+    )
     bbox_results, segm_results = predictions_to_results([out], [torch.tensor(42)], {1: 17, 2: 90})
     assert bbox_results == [
         dict(image_id=42, category_id=90, score=0.75, bbox=[2.0, 1.0, 3.0, 2.0]),
@@ -244,8 +270,12 @@ def test_masks_to_rle_accepts_three_dims_and_rejects_others():
 
 
 def test_empty_image_output_gives_no_results():
-    out = dict(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.int64), scores=torch.zeros(0),
-               masks=torch.zeros(0, 1, 5, 5))
+    out = dict(
+        boxes=torch.zeros(0, 4),
+        labels=torch.zeros(0, dtype=torch.int64),
+        scores=torch.zeros(0),
+        masks=torch.zeros(0, 1, 5, 5),
+    )
     assert predictions_to_results([out], [1], {1: 1}) == ([], [])
 
 
@@ -324,8 +354,12 @@ def test_cli_module_runs_as_a_program(synthetic_gt, tmp_path):
     outputs, image_ids, label_to_cat = gt_as_outputs(synthetic_gt)
     bbox_results, _ = predictions_to_results(outputs, image_ids, label_to_cat)
     gt, dt = save_results(tmp_path / "gt.json", synthetic_gt.dataset), save_results(tmp_path / "dt.json", bbox_results)
-    proc = subprocess.run([sys.executable, "-m", "studylib.evaluate", "--gt", str(gt), "--dt", str(dt), "--tide"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "studylib.evaluate", "--gt", str(gt), "--dt", str(dt), "--tide"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     stats = json.loads(proc.stdout)
     assert stats["bbox/AP"] == pytest.approx(1.0) and stats["tide/AP50"] == pytest.approx(100.0)
     assert {f"tide/{k}" for k in ("cls", "loc", "both", "dupe", "bkg", "miss")} <= set(stats)

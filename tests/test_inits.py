@@ -2,6 +2,7 @@
 micro profile (comments kept, validated, errors naming the fault), a file per model size at paper scale,
 the report treating it as a row of its own; `add_reproduce_remove`: a finished micro study (tests/test_pipeline.py's
 slow DAG test) re-running only the added initialization's stages."""
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,12 @@ def test_add_writes_the_three_entries_keeps_comments_and_lists_the_rule(micro: P
     comments = [ln.split("#", 1)[1].strip() for ln in before.splitlines() if "#" in ln]
     assert all(c in after for c in comments)
     sets = study.run_sets(p, "mine", seed=0)
-    assert {"init.kind=mine", "init.checkpoint=inits/mine/checkpoint.pth", "init.format=mae",
-            f"train.epochs={p['study']['epochs']['pretrained']}"} <= set(sets)
+    assert {
+        "init.kind=mine",
+        "init.checkpoint=inits/mine/checkpoint.pth",
+        "init.format=mae",
+        f"train.epochs={p['study']['epochs']['pretrained']}",
+    } <= set(sets)
     cfg = config.load(p, "main", sets)
     assert (cfg.init.kind, cfg.train.weight_decay) == ("mine", p["recipes"]["mae"]["weight_decay"])
 
@@ -109,8 +114,17 @@ def test_a_beit_layout_gets_layer_scale_and_beits_positional_rule(micro: Path, c
 
     cfg = config.load("params.yaml", "main")
     o = cfg.model.overrides
-    beit = Beit(img_size=64, patch_size=8, embed_dim=o["embed_dim"], depth=o["depth"], num_heads=o["num_heads"],
-                num_classes=0, use_abs_pos_emb=False, use_shared_rel_pos_bias=True, init_values=0.1)
+    beit = Beit(
+        img_size=64,
+        patch_size=8,
+        embed_dim=o["embed_dim"],
+        depth=o["depth"],
+        num_heads=o["num_heads"],
+        num_classes=0,
+        use_abs_pos_emb=False,
+        use_shared_rel_pos_bias=True,
+        init_values=0.1,
+    )
     torch.save({"model": beit.state_dict()}, micro / "beitlike.pth")
     assert cli("add", "beitlike", "--checkpoint", "beitlike.pth", "--recipe-like", "beit") == 0
     assert "beitlike: format beit (detected)" in capsys.readouterr().out
@@ -121,13 +135,16 @@ def test_a_beit_layout_gets_layer_scale_and_beits_positional_rule(micro: Path, c
     assert "abs rand, rel pt" in next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| beitlike"))
 
 
-@pytest.mark.parametrize("name, file, message", [
-    ("mae", "mine.pth", "initialization 'mae' exists already"),
-    ("my-init", "mine.pth", "initialization name 'my-init'"),
-    ("mine", "absent.pth", "initialization 'mine': checkpoint file 'absent.pth' does not exist"),
-    ("mine", "wide.pth", r"initialization 'mine' for experiment 'main' \(vit_micro\): wide.pth: shape mismatch"),
-    ("mine", "patch16.pth", r"patch16.pth: patch_embed.proj.weight .* 16x16 kernel, the backbone patch_size=8"),
-])
+@pytest.mark.parametrize(
+    "name, file, message",
+    [
+        ("mae", "mine.pth", "initialization 'mae' exists already"),
+        ("my-init", "mine.pth", "initialization name 'my-init'"),
+        ("mine", "absent.pth", "initialization 'mine': checkpoint file 'absent.pth' does not exist"),
+        ("mine", "wide.pth", r"initialization 'mine' for experiment 'main' \(vit_micro\): wide.pth: shape mismatch"),
+        ("mine", "patch16.pth", r"patch16.pth: patch_embed.proj.weight .* 16x16 kernel, the backbone patch_size=8"),
+    ],
+)
 def test_add_refuses_and_names_the_fault(micro: Path, capsys, name: str, file: str, message: str) -> None:
     cfg = config.load("params.yaml", "main")
     mae_release(micro / "wide.pth", cfg.model.backbone, **{**cfg.model.overrides, "embed_dim": 32})
@@ -193,7 +210,7 @@ def test_report_puts_user_inits_after_the_paper_and_pairs_seeds_with_random(micr
     order = ["random", "supervised", "mocov3", "beit", "mae", "mine"]
     assert list(summary["main"]) == ["mine", *order[:-1]] and config.init_order(summary["main"]) == order
     paired = summary["main"]["mine"]["bbox/AP_vs_random"]
-    half = 4.302652729911275 * 0.0360555127546399 / 3 ** 0.5  # t(0.975, 2) x stdev(.01, .03, .08) / sqrt(3)
+    half = 4.302652729911275 * 0.0360555127546399 / 3**0.5  # t(0.975, 2) x stdev(.01, .03, .08) / sqrt(3)
     assert paired["mean"] == pytest.approx(0.04) and paired["seeds"] == [0, 1, 2]
     assert paired["ci95"] == pytest.approx([0.04 - half, 0.04 + half])
     assert "bbox/AP_vs_random" not in summary["main"]["random"]
@@ -203,7 +220,8 @@ def test_report_puts_user_inits_after_the_paper_and_pairs_seeds_with_random(micr
     t1 = frames["table1_main"]
     assert list(t1["init"]) == order
     assert t1.set_index("init").loc["mine", "box vs random"] == (
-        f"+4.0 (beats random); 95% CI [{100 * (0.04 - half):+.1f}, {100 * (0.04 + half):+.1f}]")
+        f"+4.0 (beats random); 95% CI [{100 * (0.04 - half):+.1f}, {100 * (0.04 + half):+.1f}]"
+    )
     assert list(dict.fromkeys(frames["figure2_convergence"]["init"]))[:6] == order
     assert list(frames["figure4_tide"]["init"]) == list(summary["tide"])
     fig = figures.main_results(summary)
@@ -217,6 +235,7 @@ def test_report_puts_user_inits_after_the_paper_and_pairs_seeds_with_random(micr
 def add_reproduce_remove(root: Path) -> None:
     """On the finished micro study at `root` (every stage up to date): add an initialization, reproduce,
     remove it, reproduce (tests/test_pipeline.py calls this at the end of its micro DAG test)."""
+
     def run(*cmd: str) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
 

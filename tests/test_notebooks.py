@@ -2,6 +2,7 @@
 thin; run where JupyterLab runs them (kernel in notebooks/) and where DVC does (the root); defaults that mean
 the experiment's own values; (slow) every notebook on the micro study, and a notebook executed and saved in
 place leaving `dvc status` up to date."""
+
 from __future__ import annotations
 
 import ast
@@ -36,16 +37,28 @@ def outputs_in(nb: nbformat.NotebookNode) -> list[int]:
 
 def papermill(notebook: Path, out: Path, cwd: Path, *params: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """`papermill NOTEBOOK OUT -k python3 -p ...` with the kernel started in `cwd` (papermill's --cwd)."""
-    args = [a for k, v in zip(params[::2], params[1::2])
-            for a in (("-y", f"{k}: {v}") if v.startswith("[") else ("-p", k, v))]  # -y: YAML (lists)
-    return subprocess.run(["papermill", str(notebook), str(out), "-k", "python3", "--no-progress-bar", "--cwd", str(cwd),
-                           *args], capture_output=True, text=True, timeout=timeout)
+    args = [
+        a
+        for k, v in zip(params[::2], params[1::2])
+        for a in (("-y", f"{k}: {v}") if v.startswith("[") else ("-p", k, v))
+    ]  # -y: YAML (lists)
+    return subprocess.run(
+        ["papermill", str(notebook), str(out), "-k", "python3", "--no-progress-bar", "--cwd", str(cwd), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def stdout_of(path: Path) -> str:
     nb = nbformat.read(path, as_version=4)
-    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
-                   if o.output_type == "stream" and o.name == "stdout")
+    return "".join(
+        o.get("text", "")
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "stream" and o.name == "stdout"
+    )
 
 
 def test_every_notebook_is_a_pair() -> None:
@@ -67,8 +80,9 @@ def test_notebook_matches_its_script_and_is_thin(name: str) -> None:
     for cell in nb.cells:
         if cell.cell_type == "code":
             tree = ast.parse(cell.source)
-            assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Lambda))], \
+            assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Lambda))], (
                 f"{name}: notebooks are thin (no def / class / lambda)"
+            )
     assert "os.chdir(project_root())" in script.cells[1].source, f"{name}: the first code cell finds the root"
 
 
@@ -98,8 +112,25 @@ def test_the_readme_notebook_command_keeps_the_experiments_own_values(tmp_path: 
     """`papermill notebooks/finetune.ipynb out.ipynb -k python3 -p experiment smoke -p out_dir DIR` (the
     README's), every other parameter at its default: smoke's own init, checkpoint, seed and schedule."""
     out = tmp_path / "out.ipynb"
-    r = subprocess.run(["papermill", "notebooks/finetune.ipynb", str(out), "-k", "python3", "-p", "experiment", "smoke",
-                        "-p", "out_dir", str(tmp_path / "nb")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            "papermill",
+            "notebooks/finetune.ipynb",
+            str(out),
+            "-k",
+            "python3",
+            "-p",
+            "experiment",
+            "smoke",
+            "-p",
+            "out_dir",
+            str(tmp_path / "nb"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     line = next(ln for ln in stdout_of(out).splitlines() if ln.startswith("resolved:"))
     resolved = json.loads(line.removeprefix("resolved:"))
@@ -127,9 +158,14 @@ RUNS = {  # notebook -> parameters (outputs away from the DVC outputs where a de
     "report": ("out_dir", "runs/nb/results"),
     "explore": ("inits", "['random', 'mae']"),
 }
-WRITES = {"data": "data/synthetic/annotations", "pretrain": "runs/nb/mae/checkpoint.pth",
-          "finetune": "runs/nb/finetune/metrics.json", "complexity": "runs/nb/complexity.json",
-          "report": "runs/nb/results/summary.json", "explore": None}
+WRITES = {
+    "data": "data/synthetic/annotations",
+    "pretrain": "runs/nb/mae/checkpoint.pth",
+    "finetune": "runs/nb/finetune/metrics.json",
+    "complexity": "runs/nb/complexity.json",
+    "report": "runs/nb/results/summary.json",
+    "explore": None,
+}
 
 
 def listing(folder: Path) -> dict[str, int]:
@@ -167,14 +203,17 @@ def test_a_notebook_saved_with_outputs_leaves_the_study_up_to_date(study_copy: P
     script_before = (root / "notebooks/finetune.py").read_bytes()
     written_before = (root / "notebooks/finetune.py").stat().st_mtime_ns
     nb = nbformat.read(root / "notebooks/finetune.ipynb", as_version=4)
-    NotebookClient(nb, kernel_name="python3", resources={"metadata": {"path": str(root / "notebooks")}},
-                   timeout=600).execute()
+    NotebookClient(
+        nb, kernel_name="python3", resources={"metadata": {"path": str(root / "notebooks")}}, timeout=600
+    ).execute()
     assert outputs_in(nb)
     manager = build_sync_jupytext_contents_manager_class(LargeFileManager)(root_dir=str(root))
     manager.save({"type": "notebook", "format": "json", "content": nb}, "notebooks/finetune.ipynb")
     assert outputs_in(nbformat.read(root / "notebooks/finetune.ipynb", as_version=4))
     assert (root / "notebooks/finetune.py").stat().st_mtime_ns > written_before  # the pair was saved too ...
-    assert (root / "notebooks/finetune.py").read_bytes() == script_before  # ... with the same code: outputs are not code
+    assert (
+        root / "notebooks/finetune.py"
+    ).read_bytes() == script_before  # ... with the same code: outputs are not code
     status = dvc()
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
     assert (root / "runs/example/metrics.json").is_file()  # the run went to the root's runs/

@@ -1,4 +1,5 @@
 """`python -m studylib.report.offline_plots`: DVC's plots page with Vega inlined, no network scripts."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,11 @@ def project(root: Path) -> Path:
         d.mkdir(parents=True)
         rows = "\n".join(f"{i}\t{2.0 - slope * i / 10:.3f}" for i in range(10))
         (d / "loss.tsv").write_text(f"step\tloss\n{rows}\n")
-    (root / "dvc.yaml").write_text("plots:\n  - runs/a/dvclive/plots/metrics/train/loss.tsv:\n      x: step\n"
-                                   "      y: loss\n  - runs/b/dvclive/plots/metrics/train/loss.tsv:\n"
-                                   "      x: step\n      y: loss\n")
+    (root / "dvc.yaml").write_text(
+        "plots:\n  - runs/a/dvclive/plots/metrics/train/loss.tsv:\n      x: step\n"
+        "      y: loss\n  - runs/b/dvclive/plots/metrics/train/loss.tsv:\n"
+        "      x: step\n      y: loss\n"
+    )
     return root
 
 

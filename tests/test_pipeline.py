@@ -1,6 +1,7 @@
 """The study pipeline: dvc.yaml against the study plan, bad params failing fast, and
 (slow) the whole DAG under the micro profile in a fresh clone, twice: the second `dvc repro` runs nothing; then a
 user initialization added (only its stages run) and removed."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ import pytest
 import yaml
 
 from studylib.report import collect, study
-from test_slurm import cluster  # noqa: F401 (the SLURM fixture: skips where none is reachable)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,8 +22,10 @@ def stages(root: Path) -> dict[str, tuple[str, list[str]]]:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        return {s.name: (s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd), [o.def_path for o in s.outs])
-                for s in repo.index.stages}
+        return {
+            s.name: (s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd), [o.def_path for o in s.outs])
+            for s in repo.index.stages
+        }
 
 
 def test_dvc_stages_match_the_study_plan() -> None:
@@ -56,8 +58,21 @@ def test_check_names_a_misspelt_experiment(tmp_path: Path) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["study"]["ablations"]["attn_window_only"]["experiment"] = "attn_windowonly"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    r = subprocess.run([sys.executable, "-m", "studylib.report.study", "check", "--params", str(tmp_path / "params.yaml"),
-                        "--out", str(tmp_path / "ok.txt")], capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studylib.report.study",
+            "check",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--out",
+            str(tmp_path / "ok.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert r.returncode == 2
     assert "'attn_windowonly' is not an experiment" in r.stderr and "attn_window_only" in r.stderr
     assert not (tmp_path / "ok.txt").exists()
@@ -65,9 +80,29 @@ def test_check_names_a_misspelt_experiment(tmp_path: Path) -> None:
 
 def test_finetune_notebook_fails_fast_on_unknown_experiment(tmp_path: Path) -> None:
     out = tmp_path / "nb.ipynb"
-    r = subprocess.run(["papermill", "-k", "python3", "--no-progress-bar", str(REPO / "notebooks/finetune.ipynb"), str(out),
-                        "-p", "experiment", "attn_golbal", "-p", "init", "mae", "-p", "out_dir", str(tmp_path / "run")],
-                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    r = subprocess.run(
+        [
+            "papermill",
+            "-k",
+            "python3",
+            "--no-progress-bar",
+            str(REPO / "notebooks/finetune.ipynb"),
+            str(out),
+            "-p",
+            "experiment",
+            "attn_golbal",
+            "-p",
+            "init",
+            "mae",
+            "-p",
+            "out_dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert r.returncode != 0
     assert "unknown experiment 'attn_golbal'" in r.stderr and "attn_global" in r.stderr
     assert not (tmp_path / "run").exists()  # nothing started
@@ -106,9 +141,13 @@ def test_micro_dag_runs_every_stage_then_nothing(micro_study) -> None:
 def run_metrics(root: Path) -> dict[str, dict]:
     """Every run folder's metrics.json (under runs/), without the measured times and memory."""
     measured = ("time", "mem", "fps")
-    return {str(p.parent.relative_to(root)): {k: v for k, v in json.loads(p.read_text()).items()
-                                              if not any(m in k for m in measured)}
-            for p in sorted((root / "runs").glob("**/metrics.json")) if "dvclive" not in p.parts}
+    return {
+        str(p.parent.relative_to(root)): {
+            k: v for k, v in json.loads(p.read_text()).items() if not any(m in k for m in measured)
+        }
+        for p in sorted((root / "runs").glob("**/metrics.json"))
+        if "dvclive" not in p.parts
+    }
 
 
 @pytest.mark.slow

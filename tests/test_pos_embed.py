@@ -1,4 +1,5 @@
 """Positional helpers: sin-cos table, absolute-table resize, relative index and relative-table resize."""
+
 import math
 
 import pytest

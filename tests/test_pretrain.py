@@ -1,5 +1,6 @@
 """Pre-training (studylib.pretrain): the four methods learn, write their official layouts exactly,
 resume bit-exactly, are deterministic, and reject bad input with clear errors."""
+
 from __future__ import annotations
 
 import csv
@@ -35,9 +36,23 @@ def one_thread():
 
 
 def tiny(**kw) -> PretrainConfig:
-    base = dict(overrides=dict(embed_dim=C, depth=DEPTH, num_heads=HEADS, patch_size=P), img_size=IMG, batch_size=8,
-                steps=4, warmup_steps=1, progress=False, decoder_embed_dim=16, decoder_num_heads=2, decoder_depth=1,
-                moco_dim=16, moco_mlp_dim=32, num_tokens=8, tokenizer_images=16, kmeans_iters=5, min_mask_patches=2)
+    base = dict(
+        overrides=dict(embed_dim=C, depth=DEPTH, num_heads=HEADS, patch_size=P),
+        img_size=IMG,
+        batch_size=8,
+        steps=4,
+        warmup_steps=1,
+        progress=False,
+        decoder_embed_dim=16,
+        decoder_num_heads=2,
+        decoder_depth=1,
+        moco_dim=16,
+        moco_mlp_dim=32,
+        num_tokens=8,
+        tokenizer_images=16,
+        kmeans_iters=5,
+        min_mask_patches=2,
+    )
     base.update(kw)
     return PretrainConfig(**base)
 
@@ -52,17 +67,32 @@ def data(tmp_path_factory):
         a = np.full((48, 48, 3), 128, np.uint8)
         x, y, s = *rng.integers(2, 20, 2), int(rng.integers(14, 26))
         label = i % len(COLORS)
-        a[y:y + s, x:x + s] = COLORS[label]
+        a[y : y + s, x : x + s] = COLORS[label]
         sub = root / "images" / f"part{i % 2}"
         sub.mkdir(parents=True, exist_ok=True)
         Image.fromarray(a).save(sub / f"{i:02d}.png")
         images.append({"id": i + 1, "file_name": f"part{i % 2}/{i:02d}.png", "width": 48, "height": 48})
-        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 2 * label + 1, "bbox": [int(x), int(y), s, s],
-                     "area": s * s, "iscrowd": 0})
+        anns.append(
+            {
+                "id": i + 1,
+                "image_id": i + 1,
+                "category_id": 2 * label + 1,
+                "bbox": [int(x), int(y), s, s],
+                "area": s * s,
+                "iscrowd": 0,
+            }
+        )
     anns.append({"id": 99, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 1})
     ann = root / "instances_train.json"
-    ann.write_text(json.dumps({"images": images, "annotations": anns,
-                               "categories": [{"id": 2 * k + 1, "name": f"c{k}"} for k in range(len(COLORS))]}))
+    ann.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [{"id": 2 * k + 1, "name": f"c{k}"} for k in range(len(COLORS))],
+            }
+        )
+    )
     return {"images": root / "images", "ann": ann, "root": root}
 
 
@@ -112,8 +142,10 @@ def test_mae_masking_keeps_exactly_a_quarter():
     for b in range(3):  # the visible tokens are exactly those with mask 0, in shuffled order
         kept = x[b][mask[b] == 0]
         assert torch.equal(torch.sort(visible[b], dim=0).values, torch.sort(kept, dim=0).values)
-    assert torch.equal(torch.gather(torch.arange(64).expand(3, -1), 1, torch.argsort(ids_restore, 1)).sort(1).values,
-                       torch.arange(64).expand(3, -1))
+    assert torch.equal(
+        torch.gather(torch.arange(64).expand(3, -1), 1, torch.argsort(ids_restore, 1)).sort(1).values,
+        torch.arange(64).expand(3, -1),
+    )
 
 
 @pytest.mark.parametrize("grid,ratio", [(8, 0.4), (14, 75 / 196)])
@@ -151,8 +183,9 @@ def test_moco_momentum_schedule_and_update():
 @pytest.mark.parametrize("method", ["mae", "mocov3", "supervised", "beit"])
 def test_method_learns(method, data, tmp_path):
     lr = {"mae": 3e-3, "mocov3": 3e-3, "supervised": 3e-3, "beit": 3e-3}[method]
-    s = run_method(method, data, tmp_path / f"{method}.pth", steps=24, warmup_steps=2, lr=lr, weight_decay=0.0,
-                   drop_path_rate=0.0)
+    s = run_method(
+        method, data, tmp_path / f"{method}.pth", steps=24, warmup_steps=2, lr=lr, weight_decay=0.0, drop_path_rate=0.0
+    )
     with open(tmp_path / f"{method}.loss.csv") as f:
         rows = list(csv.DictReader(f))
     losses = [float(r["loss"]) for r in rows]
@@ -165,22 +198,43 @@ def test_method_learns(method, data, tmp_path):
 
 
 def _block_keys(i: int, beit: bool = False) -> set[str]:
-    keys = {f"blocks.{i}.{k}" for k in ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.proj.weight",
-                                        "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight",
-                                        "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias")}
+    keys = {
+        f"blocks.{i}.{k}"
+        for k in (
+            "norm1.weight",
+            "norm1.bias",
+            "attn.qkv.weight",
+            "attn.proj.weight",
+            "attn.proj.bias",
+            "norm2.weight",
+            "norm2.bias",
+            "mlp.fc1.weight",
+            "mlp.fc1.bias",
+            "mlp.fc2.weight",
+            "mlp.fc2.bias",
+        )
+    }
     extra = ("gamma_1", "gamma_2", "attn.q_bias", "attn.v_bias") if beit else ("attn.qkv.bias",)
     return keys | {f"blocks.{i}.{k}" for k in extra}
 
 
-VIT_KEYS = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight",
-            "norm.bias"}.union(*(_block_keys(i) for i in range(DEPTH)))
+VIT_KEYS = {
+    "cls_token",
+    "pos_embed",
+    "patch_embed.proj.weight",
+    "patch_embed.proj.bias",
+    "norm.weight",
+    "norm.bias",
+}.union(*(_block_keys(i) for i in range(DEPTH)))
 
 
 @pytest.fixture(scope="module")
 def checkpoints(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain_ckpt")
-    return {m: (out / f"{m}.pth", run_method(m, data, out / f"{m}.pth", steps=3)) for m in
-            ("mae", "mocov3", "supervised", "beit")}
+    return {
+        m: (out / f"{m}.pth", run_method(m, data, out / f"{m}.pth", steps=3))
+        for m in ("mae", "mocov3", "supervised", "beit")
+    }
 
 
 def test_mae_layout(checkpoints):
@@ -198,8 +252,14 @@ def test_mae_full_variant_has_decoder(data, tmp_path):
     run_method("mae", data, tmp_path / "full.pth", steps=1, save_decoder=True)
     keys = set(load(tmp_path / "full.pth")["model"])
     assert VIT_KEYS < keys
-    assert {"mask_token", "decoder_embed.weight", "decoder_pos_embed", "decoder_norm.weight",
-            "decoder_pred.weight", "decoder_blocks.0.attn.qkv.weight"} <= keys
+    assert {
+        "mask_token",
+        "decoder_embed.weight",
+        "decoder_pos_embed",
+        "decoder_norm.weight",
+        "decoder_pred.weight",
+        "decoder_blocks.0.attn.qkv.weight",
+    } <= keys
 
 
 def test_mocov3_layout_and_frozen_patch_embedding(checkpoints, data):
@@ -211,16 +271,22 @@ def test_mocov3_layout_and_frozen_patch_embedding(checkpoints, data):
     assert {k.split(".")[1] for k in sd} == {"base_encoder", "momentum_encoder", "predictor"}
     assert all(k.startswith("module.") for k in sd)
     bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-    head = {"head.0.weight", "head.3.weight", "head.6.weight"} | {f"head.{i}.{k}" for i in (1, 4) for k in bn} | \
-        {f"head.7.{k}" for k in bn[2:]}  # last BN has no affine parameters
+    head = (
+        {"head.0.weight", "head.3.weight", "head.6.weight"}
+        | {f"head.{i}.{k}" for i in (1, 4) for k in bn}
+        | {f"head.7.{k}" for k in bn[2:]}
+    )  # last BN has no affine parameters
     for enc in ("base_encoder", "momentum_encoder"):
         assert {k.removeprefix(f"module.{enc}.") for k in sd if k.startswith(f"module.{enc}.")} == VIT_KEYS | head
-    assert {k.removeprefix("module.predictor.") for k in sd if k.startswith("module.predictor.")} == \
-        {"0.weight", "3.weight"} | {f"1.{k}" for k in bn} | {f"4.{k}" for k in bn[2:]}
+    assert {k.removeprefix("module.predictor.") for k in sd if k.startswith("module.predictor.")} == {
+        "0.weight",
+        "3.weight",
+    } | {f"1.{k}" for k in bn} | {f"4.{k}" for k in bn[2:]}
     # MoCo v3's sin-cos table: the row in the first channel half (the MAE table with halves swapped)
     mae_table = torch.from_numpy(get_2d_sincos_pos_embed(C, GRID, cls_token=True))
-    torch.testing.assert_close(sd["module.base_encoder.pos_embed"][0],
-                               torch.cat([mae_table[:, C // 2:], mae_table[:, :C // 2]], 1))
+    torch.testing.assert_close(
+        sd["module.base_encoder.pos_embed"][0], torch.cat([mae_table[:, C // 2 :], mae_table[:, : C // 2]], 1)
+    )
     # the frozen random patch embedding is the one drawn at initialization, in both encoders
     torch.manual_seed(0)
     init = moco_vit(IMG, P, C, DEPTH, HEADS, 4.0, stop_grad_conv1=True)
@@ -240,9 +306,17 @@ def test_supervised_layout(checkpoints):
 def test_beit_layout(checkpoints):
     path, summary = checkpoints["beit"]
     sd = load(path)["model"]
-    expected = {"cls_token", "mask_token", "patch_embed.proj.weight", "patch_embed.proj.bias",
-                "rel_pos_bias.relative_position_bias_table", "norm.weight", "norm.bias", "lm_head.weight",
-                "lm_head.bias"}.union(*(_block_keys(i, beit=True) for i in range(DEPTH)))
+    expected = {
+        "cls_token",
+        "mask_token",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "rel_pos_bias.relative_position_bias_table",
+        "norm.weight",
+        "norm.bias",
+        "lm_head.weight",
+        "lm_head.bias",
+    }.union(*(_block_keys(i, beit=True) for i in range(DEPTH)))
     assert set(sd) == expected
     assert sd["rel_pos_bias.relative_position_bias_table"].shape == ((2 * GRID - 1) ** 2 + 3, HEADS)
     assert sd["lm_head.weight"].shape == (8, C)
@@ -258,13 +332,25 @@ def test_checkpoint_loads_into_backbone(method, checkpoints):
     from studylib.models.vit import build_backbone
 
     extra = {"layer_scale_init": 0.1} if method == "beit" else {}
-    vit = build_backbone("vit_micro", embed_dim=C, depth=DEPTH, num_heads=HEADS, patch_size=P, pretrain_img_size=IMG,
-                         img_size=2 * IMG, window_size=GRID, **extra)
+    vit = build_backbone(
+        "vit_micro",
+        embed_dim=C,
+        depth=DEPTH,
+        num_heads=HEADS,
+        patch_size=P,
+        pretrain_img_size=IMG,
+        img_size=2 * IMG,
+        window_size=GRID,
+        **extra,
+    )
     report = ckpt.load_pretrained(vit, checkpoints[method][0])
     block_params = {k for k in vit.state_dict() if k.startswith(("blocks.", "patch_embed."))}
     assert block_params <= set(report.loaded), sorted(block_params - set(report.loaded))
-    positional = {"pos_embed", "rel_pos_window.relative_position_bias_table",
-                  "rel_pos_global.relative_position_bias_table"}
+    positional = {
+        "pos_embed",
+        "rel_pos_window.relative_position_bias_table",
+        "rel_pos_global.relative_position_bias_table",
+    }
     assert set(report.missing) <= positional
     if method != "beit":
         assert "pos_embed" in report.loaded  # pre-trained absolute embedding transferred
@@ -329,9 +415,31 @@ def test_config_errors_and_epochs(data, tmp_path):
 
 def test_cli(data, tmp_path, capsys):
     out = tmp_path / "cli" / "sup.pth"
-    cli_main(["--method", "supervised", "--images", str(data["images"]), "--ann-file", str(data["ann"]),
-              "--out", str(out), "--steps", "2", "--batch-size", "4", "--img-size", str(IMG), "--override",
-              f"embed_dim={C}", "--override", f"depth={DEPTH}", "--override", f"num_heads={HEADS}", "--no-progress"])
+    cli_main(
+        [
+            "--method",
+            "supervised",
+            "--images",
+            str(data["images"]),
+            "--ann-file",
+            str(data["ann"]),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--img-size",
+            str(IMG),
+            "--override",
+            f"embed_dim={C}",
+            "--override",
+            f"depth={DEPTH}",
+            "--override",
+            f"num_heads={HEADS}",
+            "--no-progress",
+        ]
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps_done"] == 2 and out.exists()
     assert set(load(out)["model"]) == VIT_KEYS | {"head.weight", "head.bias"}

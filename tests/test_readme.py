@@ -10,6 +10,7 @@ What cannot run here is run as far as it can go, and `AS_FAR_AS_IT_GOES` says ho
 - `python -m studylib.profile paper`: the profile is applied and the paper study's plan validated (no COCO here);
 - `jupyter lab`: the server starts, headless, and serves the notebooks.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,37 +34,59 @@ SMOKE = ["--params", "params.yaml", "--experiment", "smoke"]
 # README command (exactly as written) -> the commands run for it in the micro study's clone
 RUNS: dict[str, list[list[str]]] = {
     "bash study.sh": [["bash", "study.sh"]],  # installs into the test's venv; the study is up to date: seconds
-    "bash test.sh": [["bash", "test.sh"]],    # with PYTEST_ADDOPTS=--collect-only (see module docstring)
+    "bash test.sh": [["bash", "test.sh"]],  # with PYTEST_ADDOPTS=--collect-only (see module docstring)
     'pip install -e ".[dev]"': [["pip", "install", "-q", "-e", ".[dev]"]],
     "dvc repro": [["dvc", "repro"]],
     "pytest": [[PY, "-m", "pytest", "--collect-only", "-q"]],
-    "python -m studylib.train --params params.yaml --experiment smoke --out runs/smoke":
-        [[PY, "-m", "studylib.train", *SMOKE, "--out", "runs/smoke"]],
+    "python -m studylib.train --params params.yaml --experiment smoke --out runs/smoke": [
+        [PY, "-m", "studylib.train", *SMOKE, "--out", "runs/smoke"]
+    ],
     "python -m studylib.repro --jobs 2": [[PY, "-m", "studylib.repro", "--jobs", "2"]],
-    "dvc exp run -S 'scales.embedded.train.lr=2e-4' --queue":
-        [["dvc", "exp", "run", "-S", "scales.embedded.train.lr=2e-4", "--queue"]],
+    "dvc exp run -S 'scales.embedded.train.lr=2e-4' --queue": [
+        ["dvc", "exp", "run", "-S", "scales.embedded.train.lr=2e-4", "--queue"]
+    ],
     "dvc queue start": [["dvc", "queue", "start"]],
     "python -m studylib.report.offline_plots show": [[PY, "-m", "studylib.report.offline_plots", "show"]],
-    "python -m studylib.train --params params.yaml --experiment NAME --out DIR [--set train.lr=1e-4]":
-        [[PY, "-m", "studylib.train", *SMOKE, "--out", "runs/readme_train"],
-         [PY, "-m", "studylib.train", *SMOKE, "--out", "runs/readme_train_lr", "--set", "train.lr=1e-4"]],
-    "papermill notebooks/finetune.ipynb out.ipynb -k python3 -p experiment NAME -p out_dir DIR":
-        [["papermill", "notebooks/finetune.ipynb", "out.ipynb", "-k", "python3", "-p", "experiment", "smoke",
-          "-p", "out_dir", "runs/readme_nb"]],
-    "torchrun --nproc-per-node 8 [--nnodes N --rdzv-endpoint HOST:PORT] -m studylib.train ...":
-        [["torchrun", "--nproc-per-node", "2", "-m", "studylib.train", *SMOKE, "--out", "runs/readme_ddp"]],
-    "python -m studylib.checkpoints inspect my_vit.pth":
-        [[PY, "-m", "studylib.checkpoints", "inspect", "inits/mae/checkpoint.pth"]],
+    "python -m studylib.train --params params.yaml --experiment NAME --out DIR [--set train.lr=1e-4]": [
+        [PY, "-m", "studylib.train", *SMOKE, "--out", "runs/readme_train"],
+        [PY, "-m", "studylib.train", *SMOKE, "--out", "runs/readme_train_lr", "--set", "train.lr=1e-4"],
+    ],
+    "papermill notebooks/finetune.ipynb out.ipynb -k python3 -p experiment NAME -p out_dir DIR": [
+        [
+            "papermill",
+            "notebooks/finetune.ipynb",
+            "out.ipynb",
+            "-k",
+            "python3",
+            "-p",
+            "experiment",
+            "smoke",
+            "-p",
+            "out_dir",
+            "runs/readme_nb",
+        ]
+    ],
+    "torchrun --nproc-per-node 8 [--nnodes N --rdzv-endpoint HOST:PORT] -m studylib.train ...": [
+        ["torchrun", "--nproc-per-node", "2", "-m", "studylib.train", *SMOKE, "--out", "runs/readme_ddp"]
+    ],
+    "python -m studylib.checkpoints inspect my_vit.pth": [
+        [PY, "-m", "studylib.checkpoints", "inspect", "inits/mae/checkpoint.pth"]
+    ],
     "python -m studylib.inits add NAME --checkpoint my_vit.pth":  # added, listed, removed: the study stays as it was
-        [[PY, "-m", "studylib.inits", "add", "readme_init", "--checkpoint", "inits/mae/checkpoint.pth"],
-         [PY, "-m", "studylib.inits", "list"], [PY, "-m", "studylib.inits", "remove", "readme_init"]],
-    "python -m studylib.evaluate --gt instances_val2017.json --dt results.json --type bbox":
-        [[PY, "-m", "studylib.evaluate", "--gt", "{val_ann}", "--dt", "{bbox_results}", "--type", "bbox"]],
+    [
+        [PY, "-m", "studylib.inits", "add", "readme_init", "--checkpoint", "inits/mae/checkpoint.pth"],
+        [PY, "-m", "studylib.inits", "list"],
+        [PY, "-m", "studylib.inits", "remove", "readme_init"],
+    ],
+    "python -m studylib.evaluate --gt instances_val2017.json --dt results.json --type bbox": [
+        [PY, "-m", "studylib.evaluate", "--gt", "{val_ann}", "--dt", "{bbox_results}", "--type", "bbox"]
+    ],
     "conda env create -f environment.yml": [],  # checked by test_conda_environment_matches_the_pins
     "python -m studylib.profile micro": [[PY, "-m", "studylib.profile", "micro"]],
-    "python -m studylib.profile paper": [[PY, "-m", "studylib.profile", "paper"],
-                                         [PY, "-m", "studylib.report.study", "check", "--params", "params.yaml",
-                                          "--out", "paper_plan_ok.txt"]],
+    "python -m studylib.profile paper": [
+        [PY, "-m", "studylib.profile", "paper"],
+        [PY, "-m", "studylib.report.study", "check", "--params", "params.yaml", "--out", "paper_plan_ok.txt"],
+    ],
     "jupyter lab": [],  # started headless by test_jupyter_lab_serves_the_notebooks
 }
 # run last: they change the clone's params (the profile) or take long in the background (the queue)
@@ -111,8 +134,11 @@ def test_conda_environment_matches_the_pins() -> None:
     """`conda env create -f environment.yml` as far as it goes here (no conda): the same pinned packages."""
     import tomllib
 
-    pins = {re.split(r"[=<>\[ ]", d)[0].lower(): d.split(";")[0].split("#")[0].replace(" ", "")
-            for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"] if "==" in d}
+    pins = {
+        re.split(r"[=<>\[ ]", d)[0].lower(): d.split(";")[0].split("#")[0].replace(" ", "")
+        for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+        if "==" in d
+    }
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip = [x for x in env["dependencies"] if isinstance(x, dict)]
     listed = {re.split(r"[=<>\[ ]", d)[0].lower(): d.replace(" ", "") for p in pip for d in p["pip"]}
@@ -132,9 +158,14 @@ def venv_env(tmp_path_factory) -> dict:
     install into it (not into the environment running the tests)."""
     venv = tmp_path_factory.mktemp("venv") / "v"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    env = dict(os.environ, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", VIRTUAL_ENV=str(venv),
-               PYTEST_ADDOPTS="--collect-only", PIP_DISABLE_PIP_VERSION_CHECK="1",
-               JUPYTER_DATA_DIR=str(venv / "jupyter"))  # nothing written to the user's Jupyter folders
+    env = dict(
+        os.environ,
+        PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        VIRTUAL_ENV=str(venv),
+        PYTEST_ADDOPTS="--collect-only",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        JUPYTER_DATA_DIR=str(venv / "jupyter"),
+    )  # nothing written to the user's Jupyter folders
     return env
 
 
@@ -148,8 +179,10 @@ def test_every_readme_command_works_as_written(micro_study, venv_env) -> None:
             cmd = _bind(cmd, root)
             r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1200, env=venv_env)
             if r.returncode != 0:
-                failures.append(f"README.md:{line}: {command}\n  ran: {' '.join(cmd)}\n  rc {r.returncode}: "
-                                f"{(r.stdout[-1500:] + r.stderr[-1500:]).strip()}")
+                failures.append(
+                    f"README.md:{line}: {command}\n  ran: {' '.join(cmd)}\n  rc {r.returncode}: "
+                    f"{(r.stdout[-1500:] + r.stderr[-1500:]).strip()}"
+                )
             if command == "dvc queue start":
                 failures += _wait_for_queue(root, venv_env, line)
     assert not failures, "\n".join(failures)
@@ -171,8 +204,9 @@ def _wait_for_queue(root: Path, env: dict, line: int, timeout: float = 1200) -> 
         if "Success" in status:
             return []
         if "Failed" in status:
-            logs = subprocess.run(["dvc", "queue", "logs", "--follow"], cwd=root, capture_output=True, text=True,
-                                  env=env, timeout=60)
+            logs = subprocess.run(
+                ["dvc", "queue", "logs", "--follow"], cwd=root, capture_output=True, text=True, env=env, timeout=60
+            )
             return [f"README.md:{line}: dvc queue start: the queued experiment failed\n{status}\n{logs.stdout[-2000:]}"]
         time.sleep(5)
     return [f"README.md:{line}: dvc queue start: the queued experiment did not finish in {timeout:.0f} s"]
@@ -185,16 +219,28 @@ def test_jupyter_lab_serves_the_notebooks(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     token = "readme-test"
-    proc = subprocess.Popen(["jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-                             f"--IdentityProvider.token={token}", "--allow-root"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path)))
+    proc = subprocess.Popen(
+        [
+            "jupyter",
+            "lab",
+            "--no-browser",
+            f"--port={port}",
+            "--ip=127.0.0.1",
+            f"--IdentityProvider.token={token}",
+            "--allow-root",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path)),
+    )
     try:
         listing = None
         for _ in range(120):
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/notebooks?token={token}",
-                                            timeout=5) as r:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/contents/notebooks?token={token}", timeout=5
+                ) as r:
                     listing = json.load(r)
                 break
             except OSError:

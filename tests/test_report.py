@@ -1,5 +1,6 @@
 """The report from fake run folders: collect (means over seeds, every key, named errors), tables, figures
 (stable PNG bytes), the study plan and its checks, and profiles applied to params.yaml."""
+
 from __future__ import annotations
 
 import copy
@@ -32,16 +33,25 @@ def fake_run(root: Path, run: study.Run, ap: float, epochs: float, status: str =
     if status == "oom":
         metrics = {"status": "oom", "error": "CUDA out of memory"}
     else:
-        metrics = {"bbox/AP": ap, "segm/AP": ap / 2, "bbox/AP50": 2 * ap, "train/time_s": 10.0,
-                   "train/iter_time_s": float("nan"), "train/peak_mem_gb": 1.5, "infer/time_per_image_s": 0.1,
-                   "n_parameters": 1000, "seed": run.seed or 0}
+        metrics = {
+            "bbox/AP": ap,
+            "segm/AP": ap / 2,
+            "bbox/AP50": 2 * ap,
+            "train/time_s": 10.0,
+            "train/iter_time_s": float("nan"),
+            "train/peak_mem_gb": 1.5,
+            "infer/time_per_image_s": 0.1,
+            "n_parameters": 1000,
+            "seed": run.seed or 0,
+        }
     (d / "metrics.json").write_text(json.dumps(metrics))
     (d / "config.yaml").write_text(yaml.safe_dump({"train": {"epochs": epochs}}))
     rules = {"beit": ("rand", "pt")}.get(run.init, ("pt", "zero"))
     (d / "load_report.json").write_text(json.dumps({"abs_pos": rules[0], "rel_pos": rules[1]}))
     (d / "tide.json").write_text(json.dumps({e: ap for e in collect.TIDE_ERRORS}))
-    (d / "history.csv").write_text("iteration,loss,loss_mask,lr\n" + "".join(
-        f"{i},{3 / i + ap},{1 / i},0.001\n" for i in range(1, 6)))
+    (d / "history.csv").write_text(
+        "iteration,loss,loss_mask,lr\n" + "".join(f"{i},{3 / i + ap},{1 / i},0.001\n" for i in range(1, 6))
+    )
 
 
 def fake_study(root: Path, params: dict, oom: str | None = None) -> dict[str, float]:
@@ -50,13 +60,28 @@ def fake_study(root: Path, params: dict, oom: str | None = None) -> dict[str, fl
     s = params["study"]
     for family, runs in study.runs(params).items():
         for i, run in enumerate(runs):
-            ap = 0.1 + 0.05 * config.init_names(params).index(run.init) + 0.02 * (run.seed or 0) + (0.001 * i if family != "main" else 0)
+            ap = (
+                0.1
+                + 0.05 * config.init_names(params).index(run.init)
+                + 0.02 * (run.seed or 0)
+                + (0.001 * i if family != "main" else 0)
+            )
             base = s["epochs"]["random" if run.init == "random" else "pretrained"]
             fake_run(root, run, ap, base * run.schedule, "oom" if run.name == oom else "ok")
             aps.setdefault((family, run.init), []).append(ap)
     for name in s["complexity"]["experiments"]:
-        c = {"experiment": name, "backbone": "vit_micro", "img_size": 64, "device": "cpu", "params_m": 0.5,
-             "gflops": 3.0, "gflops_std": 0.1, "activations_m": 8.0, "activations_m_std": 0.2, "fps": 2.0}
+        c = {
+            "experiment": name,
+            "backbone": "vit_micro",
+            "img_size": 64,
+            "device": "cpu",
+            "params_m": 0.5,
+            "gflops": 3.0,
+            "gflops_std": 0.1,
+            "activations_m": 8.0,
+            "activations_m_std": 0.2,
+            "fps": 2.0,
+        }
         (root / "runs/complexity").mkdir(parents=True, exist_ok=True)
         (root / f"runs/complexity/{name}.json").write_text(json.dumps(c))
     return {init: sum(v) / len(v) for (fam, init), v in aps.items() if fam == "main"}
@@ -213,8 +238,10 @@ def test_results_picture_draws_segm_results_without_boxes() -> None:
     m[4:12, 6:20] = 1
     rle = mask_utils.encode(m)
     rle["counts"] = rle["counts"].decode()
-    seg = [{"image_id": 1, "category_id": 1, "segmentation": rle, "score": 0.9},  # no "bbox": COCO segm format
-           {"image_id": 1, "category_id": 1, "segmentation": rle, "score": 0.1}]  # under the threshold
+    seg = [
+        {"image_id": 1, "category_id": 1, "segmentation": rle, "score": 0.9},  # no "bbox": COCO segm format
+        {"image_id": 1, "category_id": 1, "segmentation": rle, "score": 0.1},
+    ]  # under the threshold
     drawn = figures.results_picture(image, seg, {1: "a"})
     blank = figures.results_picture(image, seg[1:], {1: "a"})
     assert drawn.shape == blank.shape and (drawn != blank).any()
@@ -236,13 +263,19 @@ def test_prediction_pictures_are_legible() -> None:
     assert s >= 3 and labelled.shape[:2] == (128 * s, 128 * s)
     inside = (slice(50 * s + 1, 90 * s - 1), slice(40 * s + 1, 100 * s - 1))
     assert (labelled[inside] == bare[inside]).all()  # no label on the object
-    assert (labelled[50 * s - 16:50 * s, 40 * s:100 * s] != bare[50 * s - 16:50 * s, 40 * s:100 * s]).any()  # above
-    assert (labelled[20 * s + 1:20 * s + 18, 100 * s:] != bare[20 * s + 1:20 * s + 18, 100 * s:]).any()  # below
+    assert (
+        labelled[50 * s - 16 : 50 * s, 40 * s : 100 * s] != bare[50 * s - 16 : 50 * s, 40 * s : 100 * s]
+    ).any()  # above
+    assert (labelled[20 * s + 1 : 20 * s + 18, 100 * s :] != bare[20 * s + 1 : 20 * s + 18, 100 * s :]).any()  # below
     grey = bare[inside].reshape(-1, 3)
     assert (grey != 127).any() and (grey.astype(int).sum(1) != 0).all()  # translucent: tinted, not painted over
     plain = figures.draw_instances(image, boxes[:0], masks[:0])
-    output = {"boxes": boxes, "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.2, 0.3]),
-              "masks": masks[:, None]}
+    output = {
+        "boxes": boxes,
+        "labels": torch.tensor([1, 2]),
+        "scores": torch.tensor([0.2, 0.3]),
+        "masks": masks[:, None],
+    }
     assert (figures.prediction_picture(image, output, {1: "disc", 2: "square"}, score_thresh=0.5) == plain).all()
 
 
@@ -251,8 +284,20 @@ def test_explore_selects_runs_and_names_what_is_missing(tmp_path: Path) -> None:
 
     from studylib.report import explore
 
-    table = pd.DataFrame([{"family": "main", "name": f"{i}-main-s{s}", "experiment": "main", "init": i, "seed": s,
-                           "run": f"runs/main/{i}-main-s{s}"} for i in ("random", "mae") for s in (0, 1)])
+    table = pd.DataFrame(
+        [
+            {
+                "family": "main",
+                "name": f"{i}-main-s{s}",
+                "experiment": "main",
+                "init": i,
+                "seed": s,
+                "run": f"runs/main/{i}-main-s{s}",
+            }
+            for i in ("random", "mae")
+            for s in (0, 1)
+        ]
+    )
     assert list(explore.select(table, inits=["mae"], seeds=[1])["name"]) == ["mae-main-s1"]
     assert len(explore.select(table)) == 4
     with pytest.raises(ValueError, match="init mea: no finished run.*did you mean mae"):

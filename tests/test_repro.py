@@ -1,4 +1,5 @@
 """`python -m studylib.repro`: independent DVC stages side by side, dependents after, failures stop it."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,10 @@ import pytest
 from studylib import repro
 
 # Each stage records when it started and ended (seconds since the epoch) in its output file.
-STAGE = ("python -c \"import time,sys; t=time.time(); time.sleep({sleep}); "
-         "{fail}open('{out}','w').write(f'{{t}} {{time.time()}}')\"")
+STAGE = (
+    'python -c "import time,sys; t=time.time(); time.sleep({sleep}); '
+    "{fail}open('{out}','w').write(f'{{t}} {{time.time()}}')\""
+)
 
 
 def project(root: Path, fail_b: bool = False) -> Path:
@@ -22,17 +25,17 @@ def project(root: Path, fail_b: bool = False) -> Path:
     fail = "sys.exit(3); " if fail_b else ""
     (root / "dvc.yaml").write_text(f"""stages:
   a:
-    cmd: {STAGE.format(sleep=2, fail='', out='a.txt')}
+    cmd: {STAGE.format(sleep=2, fail="", out="a.txt")}
     outs: [a.txt]
   b:
-    cmd: {STAGE.format(sleep=2, fail=fail, out='b.txt')}
+    cmd: {STAGE.format(sleep=2, fail=fail, out="b.txt")}
     outs: [b.txt]
   c:
-    cmd: {STAGE.format(sleep=0, fail='', out='c.txt')}
+    cmd: {STAGE.format(sleep=0, fail="", out="c.txt")}
     deps: [a.txt, b.txt]
     outs: [c.txt]
   d:
-    cmd: {STAGE.format(sleep=0, fail='', out='d.txt')}
+    cmd: {STAGE.format(sleep=0, fail="", out="d.txt")}
     deps: [a.txt]
     outs: [d.txt]
 """)
@@ -69,7 +72,9 @@ def test_independent_stages_overlap_and_dvc_records_all(tmp_path: Path) -> None:
     assert c[0] >= max(a[1], b[1]), "c started before its dependencies ended"
     status = subprocess.run(["dvc", "status"], cwd=root, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout
-    again = subprocess.run([sys.executable, "-m", "studylib.repro", "-j", "2"], cwd=root, capture_output=True, text=True)
+    again = subprocess.run(
+        [sys.executable, "-m", "studylib.repro", "-j", "2"], cwd=root, capture_output=True, text=True
+    )
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
 
 

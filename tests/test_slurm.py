@@ -4,6 +4,7 @@ requeued job resuming, a warned job saving first, a failing job's error, a 2-tas
 Skipped, with the reason, where no SLURM can be reached (a laptop); `bash test.sh` (what CI runs) starts one and sets
 STUDYLIB_REQUIRE_SLURM=1, so CI fails instead of skipping.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,33 +28,29 @@ TIMING = {"train/time_s", "train/iter_time_s", "train/peak_mem_gb", "infer/time_
 ITERS = 120  # long enough that a requeue lands mid-run: SLURM kills a requeued job ~5 s later (~0.1 s an iteration)
 
 
-def slurm_reachable() -> str | None:
-    """None when SLURM takes jobs (started here from an installed SLURM if need be), else why not."""
-    why = slurm.unavailable()
-    if why is not None and os.geteuid() == 0:
-        subprocess.run(["bash", str(REPO / "tools" / "slurm_up.sh"), "--no-install"], capture_output=True,
-                       timeout=120)
-        why = slurm.unavailable()
-    return why
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Path:
-    why = slurm_reachable()
-    if why is not None:
-        message = f"SLURM not reachable: {why}; `sudo bash tools/slurm_up.sh` starts a one-node test cluster"
-        if os.environ.get("STUDYLIB_REQUIRE_SLURM") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    path = tmp_path_factory.mktemp("cluster") / "cluster.yaml"
-    path.write_text("slurm: {cpus_per_task: 1, time_min: 30, poll_s: 0.5}\n")
-    return path
-
-
 def train_cmd(out: Path, data: Path, *extra: str, iters: int = ITERS, every: int = 4) -> list[str]:
-    return [sys.executable, "-m", "studylib.train", "--params", str(PARAMS), "--experiment", "smoke", "--out", str(out),
-            "--set", f"data.root={data}", "--set", SMALL_DATA, "--set", "train.deterministic=true",
-            "--set", f"train.max_iters={iters}", "--set", f"train.checkpoint_every={every}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "studylib.train",
+        "--params",
+        str(PARAMS),
+        "--experiment",
+        "smoke",
+        "--out",
+        str(out),
+        "--set",
+        f"data.root={data}",
+        "--set",
+        SMALL_DATA,
+        "--set",
+        "train.deterministic=true",
+        "--set",
+        f"train.max_iters={iters}",
+        "--set",
+        f"train.checkpoint_every={every}",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +80,13 @@ def release(job_id: str) -> None:
 
 
 def start_job(out: Path, data: Path, cluster: Path, *extra: str, **kw) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(train_cmd(out, data, "--launcher", "slurm", "--cluster", str(cluster), *extra, **kw),
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_cmd(out, data, "--launcher", "slurm", "--cluster", str(cluster), *extra, **kw),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: (record.read(out) or {}).get("job_id") or proc.poll() is not None, "the job id")
     assert proc.poll() is None, proc.communicate()
     return proc, record.read(out)["job_id"]
@@ -115,8 +117,10 @@ def test_a_warned_job_saves_before_it_is_requeued(tmp_path, cluster, reference):
     ref_run, data = reference
     out = tmp_path / "run"
     proc, job_id = start_job(out, data, cluster, every=1000)
-    wait_for(lambda: (out / "history.csv").is_file() and len((out / "history.csv").read_text().splitlines()) > 3,
-             "a few iterations")
+    wait_for(
+        lambda: (out / "history.csv").is_file() and len((out / "history.csv").read_text().splitlines()) > 3,
+        "a few iterations",
+    )
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True, capture_output=True)
     release(job_id)
     _, stderr = proc.communicate(timeout=600)
@@ -131,8 +135,13 @@ def test_a_warned_job_saves_before_it_is_requeued(tmp_path, cluster, reference):
 def test_a_failing_job_names_its_id_and_log(tmp_path, cluster, reference):
     _, data = reference
     out = tmp_path / "run"
-    r = subprocess.run(train_cmd(out, data, "--set", "train.batch_size=16", "--launcher", "slurm", "--cluster",
-                                 str(cluster)), env=ENV, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        train_cmd(out, data, "--set", "train.batch_size=16", "--launcher", "slurm", "--cluster", str(cluster)),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 1
     rec = record.read(out)
     log = Path(rec["log"])
@@ -147,8 +156,13 @@ def test_a_two_task_job_trains_with_ddp_over_slurm(tmp_path, cluster, reference)
     two = tmp_path / "cluster.yaml"
     two.write_text("slurm: {tasks_per_node: 2, cpus_per_task: 1, time_min: 30, poll_s: 0.5}\n")
     out = tmp_path / "run"
-    r = subprocess.run(train_cmd(out, data, "--launcher", "slurm", "--cluster", str(two), iters=2, every=2),
-                       env=ENV, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        train_cmd(out, data, "--launcher", "slurm", "--cluster", str(two), iters=2, every=2),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train/world_size"] == 2 and metrics["train/global_batch"] == 2
@@ -194,8 +208,9 @@ def test_a_two_task_job_matches_one_process_as_ddp_does(tmp_path, cluster):
     from studylib.engine.optim import build_optimizer
 
     cfg, model, lr, image, target = test_train._setup(tmp_path, 1)  # generates the dataset once
-    ref_losses, _ = test_train._steps(model, build_optimizer(model, lr, cfg.train.weight_decay),
-                                      [image, image.clone()], [target, {**target}])
+    ref_losses, _ = test_train._steps(
+        model, build_optimizer(model, lr, cfg.train.weight_decay), [image, image.clone()], [target, {**target}]
+    )
     with tempfile.TemporaryDirectory() as d:
         spawned = mp.Manager().dict()
         mp.spawn(test_train._ddp_worker, args=(str(tmp_path), str(Path(d) / "init"), spawned), nprocs=2, join=True)
@@ -237,8 +252,9 @@ def test_the_paper_layout_in_cluster_yaml_is_64_gpus(tmp_path):
     import yaml
 
     text = (REPO / "cluster.yaml").read_text()
-    example = "\n".join(line.removeprefix("# ") for line in text.split("copy it over")[1].splitlines()[1:]
-                        if line.startswith("# "))
+    example = "\n".join(
+        line.removeprefix("# ") for line in text.split("copy it over")[1].splitlines()[1:] if line.startswith("# ")
+    )
     (tmp_path / "paper.yaml").write_text(example)
     opts = launch.load_options(tmp_path / "paper.yaml")
     assert opts.tasks == 64 and opts.gpus_per_node == 8 and yaml.safe_load(example)["slurm"]["nodes"] == 8
@@ -251,14 +267,20 @@ def test_a_stage_rerun_after_the_login_node_died_reattaches_to_its_job(tmp_path,
     root = tmp_path / "project"
     root.mkdir()
     train = " ".join(train_cmd(Path("run"), data)).replace(SMALL_DATA, f"'{SMALL_DATA}'")
-    (root / "dvc.yaml").write_text(f"stages:\n  train:\n    cmd: {json.dumps(train)}\n    outs:\n"
-                                   "      - run: {persist: true}\n")
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.com", "commit", "-qm", "study"]):
+    (root / "dvc.yaml").write_text(
+        f"stages:\n  train:\n    cmd: {json.dumps(train)}\n    outs:\n      - run: {{persist: true}}\n"
+    )
+    for cmd in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.com", "commit", "-qm", "study"],
+    ):
         subprocess.run(cmd, cwd=root, check=True)  # dvclive needs a commit
     repro = [sys.executable, "-m", "studylib.repro", "--jobs", "1", "--launcher", "slurm", "--cluster", str(cluster)]
-    first = subprocess.Popen(repro, cwd=root, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        repro, cwd=root, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     run = root / "run"
     wait_for(lambda: (run / "checkpoints" / "last.pth").is_file(), "the job's first checkpoint")
     job_id = record.read(run)["job_id"]
@@ -311,8 +333,13 @@ def test_a_new_run_cancels_the_job_an_earlier_run_left_in_its_folder(tmp_path, c
     proc.kill()  # the waiting command dies ...
     proc.wait()
     shutil.rmtree(out)  # ... and its folder goes, as `dvc repro` removes a stage's outputs
-    r = subprocess.run(train_cmd(out, data, "--launcher", "slurm", "--cluster", str(cluster), iters=2, every=2),
-                       env=ENV, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        train_cmd(out, data, "--launcher", "slurm", "--cluster", str(cluster), iters=2, every=2),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     assert f"cancelled job {job_id}" in r.stderr
     assert slurm.job_state(job_id) in (None, "CANCELLED", "COMPLETING")

@@ -1,4 +1,5 @@
 """The synthetic dataset: byte-determinism, COCO validity, visible masks, size range, safe writing, CLI."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,11 @@ TINY = SyntheticConfig(image_size=48, num_train=6, num_val=3, num_unlabeled=2)
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +48,9 @@ def test_layout_and_meta(dataset: Path) -> None:
     assert meta["config"]["num_train"] == 40 and meta["config"]["object_size"] == [0.10, 0.45]
     for split in ("train", "val"):
         data = json.loads((dataset / "annotations" / f"instances_{split}.json").read_text())
-        assert len(data["images"]) == meta["counts"][split]["images"] == len(list((dataset / "images" / split).iterdir()))
+        assert (
+            len(data["images"]) == meta["counts"][split]["images"] == len(list((dataset / "images" / split).iterdir()))
+        )
         assert len(data["annotations"]) == meta["counts"][split]["annotations"]
     assert len(list((dataset / "unlabeled").glob("*.png"))) == meta["counts"]["unlabeled"]["images"] == 3
 
@@ -116,8 +122,25 @@ def test_existing_dataset_kept_different_one_refused(tmp_path: Path) -> None:
 
 
 def test_cli_and_presets(tmp_path: Path, capsys) -> None:
-    meta = main(["--out", str(tmp_path / "h"), "--preset", "hard", "--num-train", "3", "--num-val", "2",
-                 "--num-unlabeled", "1", "--image-size", "40", "--object-size", "0.1", "0.5"])
+    meta = main(
+        [
+            "--out",
+            str(tmp_path / "h"),
+            "--preset",
+            "hard",
+            "--num-train",
+            "3",
+            "--num-val",
+            "2",
+            "--num-unlabeled",
+            "1",
+            "--image-size",
+            "40",
+            "--object-size",
+            "0.1",
+            "0.5",
+        ]
+    )
     assert meta["config"]["num_classes"] == PRESETS["hard"]["num_classes"]
     assert meta["config"]["object_size"] == [0.1, 0.5] and meta["config"]["image_size"] == 40
     assert json.loads(capsys.readouterr().out)["counts"]["train"]["images"] == 3
@@ -125,13 +148,16 @@ def test_cli_and_presets(tmp_path: Path, capsys) -> None:
         main(["--out", str(tmp_path / "x"), "--preset", "medium"])
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: preset_config("medium"), r"unknown synthetic preset 'medium'; allowed: \['easy', 'hard'\]"),
-    (lambda: preset_config(num_clases=3), r"unknown SyntheticConfig fields \['num_clases'\]"),
-    (lambda: SyntheticConfig(num_classes=11), r"num_classes = 11: must be in 1..10"),
-    (lambda: SyntheticConfig(object_size=(0.5, 0.2)), r"object_size"),
-    (lambda: SyntheticConfig(noise=2.0), r"noise = 2.0"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: preset_config("medium"), r"unknown synthetic preset 'medium'; allowed: \['easy', 'hard'\]"),
+        (lambda: preset_config(num_clases=3), r"unknown SyntheticConfig fields \['num_clases'\]"),
+        (lambda: SyntheticConfig(num_classes=11), r"num_classes = 11: must be in 1..10"),
+        (lambda: SyntheticConfig(object_size=(0.5, 0.2)), r"object_size"),
+        (lambda: SyntheticConfig(noise=2.0), r"noise = 2.0"),
+    ],
+)
 def test_bad_config(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()

@@ -1,5 +1,6 @@
 """TIDE error analysis: one hand-made case per error type, agreement with tidecv's own front door,
 no files or network touched, and the known 100-detections-per-image Miss (dbolya/tide#40)."""
+
 from __future__ import annotations
 
 import json
@@ -90,8 +91,9 @@ def test_no_detections_gives_zero_ap_and_no_crash(tmp_path):
 
 def test_crowd_region_is_ignored_not_background():
     gt = json.loads(json.dumps(GT))
-    gt["annotations"].append(dict(id=3, image_id=1, category_id=1, bbox=[40.0, 0.0, 20.0, 20.0], area=400.0,
-                                  iscrowd=1, segmentation=[]))
+    gt["annotations"].append(
+        dict(id=3, image_id=1, category_id=1, bbox=[40.0, 0.0, 20.0, 20.0], area=400.0, iscrowd=1, segmentation=[])
+    )
     only(tide_errors(gt, [det(GT1, 0.9), det([45.0, 5.0, 10.0, 10.0], 0.8), det(GT2, 0.7)]))
 
 
@@ -123,8 +125,18 @@ def test_rejects_bad_input():
 def test_more_than_100_objects_in_an_image_are_missed():
     """tidecv keeps 100 detections per image over all classes (COCOeval: per class), so ground
     truth fed back as detections shows Miss errors on crowded images; a cause of dbolya/tide#40."""
-    anns = [dict(id=i + 1, image_id=1, category_id=1 + i % 2, bbox=[(i % 12) * 8.0, (i // 12) * 8.0, 6.0, 6.0],
-                 area=36.0, iscrowd=0, segmentation=[]) for i in range(120)]
+    anns = [
+        dict(
+            id=i + 1,
+            image_id=1,
+            category_id=1 + i % 2,
+            bbox=[(i % 12) * 8.0, (i // 12) * 8.0, 6.0, 6.0],
+            area=36.0,
+            iscrowd=0,
+            segmentation=[],
+        )
+        for i in range(120)
+    ]
     gt = dict(GT, annotations=anns)
     errors = tide_errors(gt, [det(a["bbox"], 1.0, cat=a["category_id"]) for a in anns])
     only(errors, "miss")

@@ -1,4 +1,5 @@
 """End-to-end training runs on the synthetic dataset: outputs, learning, kill-and-resume, DDP."""
+
 from __future__ import annotations
 
 import copy
@@ -40,8 +41,17 @@ def history(run: Path) -> list[dict]:
 def test_smoke_run_writes_every_output(tmp_path):
     out = tmp_path / "run"
     metrics = engine.run(smoke(tmp_path, "train.max_iters=3", "eval.tide=true"), out)
-    for name in ("metrics.json", "config.yaml", "load_report.json", "history.csv", "model.pth", "tide.json",
-                 "coco_results_bbox.json", "coco_results_segm.json", "checkpoints/last.pth"):
+    for name in (
+        "metrics.json",
+        "config.yaml",
+        "load_report.json",
+        "history.csv",
+        "model.pth",
+        "tide.json",
+        "coco_results_bbox.json",
+        "coco_results_segm.json",
+        "checkpoints/last.pth",
+    ):
         assert (out / name).is_file(), name
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == pytest.approx(metrics, nan_ok=True)
@@ -62,8 +72,16 @@ def test_smoke_run_writes_every_output(tmp_path):
 
 def test_a_few_iterations_reduce_the_loss(tmp_path):
     # overfit 2 images: lr_eff = lr * lr_mult * 2 / 64 = 1e-3
-    cfg = smoke(tmp_path, "train.max_iters=30", "data.num_train_images=2", "train.lr=0.032", "train.lr_mult=1.0",
-                "model.drop_path=0.0", "train.checkpoint_every=1000", "train.warmup_epochs=1.0")
+    cfg = smoke(
+        tmp_path,
+        "train.max_iters=30",
+        "data.num_train_images=2",
+        "train.lr=0.032",
+        "train.lr_mult=1.0",
+        "model.drop_path=0.0",
+        "train.checkpoint_every=1000",
+        "train.warmup_epochs=1.0",
+    )
     engine.run(cfg, tmp_path / "run")
     losses = [float(r["loss"]) for r in history(tmp_path / "run")]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
@@ -71,9 +89,28 @@ def test_a_few_iterations_reduce_the_loss(tmp_path):
 
 
 def train_cmd(out: Path, data: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "studylib.train", "--params", str(PARAMS), "--experiment", "smoke", "--out", str(out),
-            "--set", f"data.root={data}", "--set", SMALL_DATA, "--set", "train.deterministic=true",
-            "--set", "train.max_iters=8", "--set", "train.checkpoint_every=2", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "studylib.train",
+        "--params",
+        str(PARAMS),
+        "--experiment",
+        "smoke",
+        "--out",
+        str(out),
+        "--set",
+        f"data.root={data}",
+        "--set",
+        SMALL_DATA,
+        "--set",
+        "train.deterministic=true",
+        "--set",
+        "train.max_iters=8",
+        "--set",
+        "train.checkpoint_every=2",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -175,9 +212,13 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
 
 @pytest.mark.slow
 def test_torchrun_two_processes_end_to_end(tmp_path):
-    cmd = engine.torchrun_command(PARAMS, "smoke", tmp_path / "run", nproc_per_node=2,
-                                  sets=[f"data.root={tmp_path / 'data'}", SMALL_DATA, "train.max_iters=2",
-                                        "train.batch_size=2"])
+    cmd = engine.torchrun_command(
+        PARAMS,
+        "smoke",
+        tmp_path / "run",
+        nproc_per_node=2,
+        sets=[f"data.root={tmp_path / 'data'}", SMALL_DATA, "train.max_iters=2", "train.batch_size=2"],
+    )
     subprocess.run(cmd, check=True, env=ENV, capture_output=True, timeout=600)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["train/world_size"] == 2 and metrics["train/global_batch"] == 2
@@ -188,8 +229,9 @@ def test_torchrun_command_lines():
     one = engine.torchrun_command("p.yaml", "mae", "out", ["train.epochs=50"], nproc_per_node=8)
     assert one[1:5] == ["-m", "torch.distributed.run", "--nproc-per-node=8", "--standalone"]
     assert one[-6:] == ["--experiment", "mae", "--out", "out", "--set", "train.epochs=50"]
-    many = engine.launch_torchrun("p.yaml", "mae", "out", nproc_per_node=8, nnodes=4, rdzv_endpoint="h:29400",
-                                  resume=True, dry_run=True)
+    many = engine.launch_torchrun(
+        "p.yaml", "mae", "out", nproc_per_node=8, nnodes=4, rdzv_endpoint="h:29400", resume=True, dry_run=True
+    )
     assert "--nnodes=4" in many and "--rdzv-endpoint=h:29400" in many and many[-1] == "--resume"
     with pytest.raises(ValueError, match="rdzv_endpoint"):
         engine.torchrun_command("p.yaml", "mae", "out", nnodes=2)

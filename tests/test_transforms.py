@@ -1,4 +1,5 @@
 """LargeScaleJitter: sizes, boxes and masks transformed together, flip geometry, sanitization."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,11 +18,13 @@ TINYCOCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinycoco"
 def _sample(h: int = 60, w: int = 80) -> tuple[tv_tensors.Image, dict]:
     """Three instances (a rectangle, a disc, a thin bar); image channel 0 holds 40 * label under each."""
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    masks = torch.stack([
-        (yy >= 5) & (yy < 25) & (xx >= 10) & (xx < 40),
-        (yy - 40) ** 2 + (xx - 60) ** 2 <= 12 ** 2,
-        (yy >= 55) & (yy < 59) & (xx >= 2) & (xx < 70),
-    ]).to(torch.uint8)
+    masks = torch.stack(
+        [
+            (yy >= 5) & (yy < 25) & (xx >= 10) & (xx < 40),
+            (yy - 40) ** 2 + (xx - 60) ** 2 <= 12**2,
+            (yy >= 55) & (yy < 59) & (xx >= 2) & (xx < 70),
+        ]
+    ).to(torch.uint8)
     labels = torch.tensor([1, 2, 3])
     image = torch.zeros(3, h, w, dtype=torch.uint8)
     image[1:] = 128
@@ -49,7 +52,9 @@ def test_lsj_sizes_boxes_masks_consistent(seed: int) -> None:
     assert target["boxes"].shape == (n, 4) and target["masks"].shape == (n, h, w)
     assert target["area"].shape == (n,) and target["iscrowd"].shape == (n,)
     boxes = target["boxes"]
-    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+    assert (
+        (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+    )
     assert torch.equal(boxes, boxes_from_masks(target["masks"]))  # tight after crop (recomputed)
     assert ((boxes[:, 2] - boxes[:, 0]) >= 1).all() and ((boxes[:, 3] - boxes[:, 1]) >= 1).all()
     assert torch.equal(target["area"], target["masks"].sum(dim=(1, 2)).float())
@@ -116,12 +121,15 @@ def test_boxes_from_masks_matches_pycocotools() -> None:
     assert boxes[4].tolist() == [0, 0, 0, 0]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(target_size=0), "target_size"),
-    (dict(target_size=64, scale_range=(0.0, 2.0)), "scale_range"),
-    (dict(target_size=64, scale_range=(2.0, 1.0)), "scale_range"),
-    (dict(target_size=64, hflip_prob=1.5), "hflip_prob"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(target_size=0), "target_size"),
+        (dict(target_size=64, scale_range=(0.0, 2.0)), "scale_range"),
+        (dict(target_size=64, scale_range=(2.0, 1.0)), "scale_range"),
+        (dict(target_size=64, hflip_prob=1.5), "hflip_prob"),
+    ],
+)
 def test_bad_arguments(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LargeScaleJitter(**kwargs)
@@ -137,8 +145,11 @@ def test_eval_transform_only_converts() -> None:
 def test_lsj_on_real_coco_at_paper_size() -> None:
     if not (TINYCOCO / "annotations").is_dir():
         pytest.skip(f"shared tinycoco data not found at {TINYCOCO} (lives outside the repo)")
-    ds = CocoInstances(TINYCOCO / "annotations" / "instances_val2017.json", TINYCOCO / "images" / "val2017",
-                       transforms=LargeScaleJitter(1024))
+    ds = CocoInstances(
+        TINYCOCO / "annotations" / "instances_val2017.json",
+        TINYCOCO / "images" / "val2017",
+        transforms=LargeScaleJitter(1024),
+    )
     torch.manual_seed(0)
     for index in range(3):
         image, target = ds[index]

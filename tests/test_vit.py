@@ -1,4 +1,5 @@
 """The ViT backbone: attention strategies, padding, positional options, init, layer scale, drop path, errors."""
+
 import copy
 import math
 
@@ -39,8 +40,9 @@ def randomize_rel_tables(vit: ViT) -> None:
 @pytest.mark.parametrize("use_rel_pos", [False, True])
 @pytest.mark.parametrize("use_abs_pos", [False, True])
 @pytest.mark.parametrize("attention", list(ATTENTION))
-def test_every_combination_runs_forward_backward_and_every_parameter_gets_a_gradient(attention, use_abs_pos,
-                                                                                     use_rel_pos):
+def test_every_combination_runs_forward_backward_and_every_parameter_gets_a_gradient(
+    attention, use_abs_pos, use_rel_pos
+):
     vit = tiny(use_abs_pos=use_abs_pos, use_rel_pos=use_rel_pos, **ATTENTION[attention])
     expected_global = {"window": (), "hybrid": (1, 3, 5, 7), "global": tuple(range(8))}[attention]
     assert vit.global_blocks == expected_global
@@ -186,7 +188,7 @@ def test_window_covering_the_grid_is_exactly_global_attention():
         c = r - 5
         with torch.no_grad():
             win.rel_pos_window.relative_position_bias_table.copy_(big.reshape(-1, 2))
-            glob_r.rel_pos_global.relative_position_bias_table.copy_(big[c:c + 9, c:c + 9].reshape(-1, 2))
+            glob_r.rel_pos_global.relative_position_bias_table.copy_(big[c : c + 9, c : c + 9].reshape(-1, 2))
             torch.testing.assert_close(win.forward_features(x), glob_r.forward_features(x), atol=1e-5, rtol=1e-5)
 
 
@@ -315,8 +317,14 @@ def test_reset_positional_rand_zero_and_none():
 # -- presets and the timm layout ----------------------------------------------------------------------
 def test_presets_and_the_papers_hybrid_default():
     dims = {k: (v["embed_dim"], v["depth"], v["num_heads"]) for k, v in PRESETS.items()}
-    assert dims == {"vit_micro": (128, 8, 4), "vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6),
-                    "vit_base": (768, 12, 12), "vit_large": (1024, 24, 16), "vit_huge": (1280, 32, 16)}
+    assert dims == {
+        "vit_micro": (128, 8, 4),
+        "vit_tiny": (192, 12, 3),
+        "vit_small": (384, 12, 6),
+        "vit_base": (768, 12, 12),
+        "vit_large": (1024, 24, 16),
+        "vit_huge": (1280, 32, 16),
+    }
     with torch.device("meta"):  # shapes only, no memory
         base, large = build_backbone("vit_base"), build_backbone("vit_large")
     assert base.global_blocks == (2, 5, 8, 11) and large.global_blocks == (5, 11, 17, 23)

@@ -7,6 +7,7 @@ results/tables/ and every figure of results/figures/ (copied to docs/study/, wit
 the report's CSVs), placed between `<!-- study:begin -->` and `<!-- study:end -->`. Nothing is typed
 by hand, so the README cannot drift from the run it quotes.
 """
+
 from __future__ import annotations
 
 import argparse

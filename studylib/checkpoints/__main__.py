@@ -5,6 +5,7 @@ scale, pre-training grid; heads from a BEiT table, `--num-heads`, or embed_dim /
 weights do not tell), loads the checkpoint into it and prints the detected format and the load
 report as JSON. No detector is built.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,9 @@ from .formats import convert, detect_format, read_checkpoint, unwrap
 from .load import ALL_FORMATS, PAPER_RULES, TREATMENTS, load_pretrained, positional_flags
 
 
-def infer_vit_kwargs(path: str, fmt: str = "auto", num_heads: int | None = None,
-                     abs_pos: str | None = None, rel_pos: str | None = None) -> tuple[str, dict]:
+def infer_vit_kwargs(
+    path: str, fmt: str = "auto", num_heads: int | None = None, abs_pos: str | None = None, rel_pos: str | None = None
+) -> tuple[str, dict]:
     """(the detected format, ViT constructor keywords matching the shapes in a checkpoint)."""
     state, wrapper = unwrap(read_checkpoint(path), path)
     detected = detect_format(state if wrapper is None else {wrapper: state})
@@ -41,13 +43,21 @@ def infer_vit_kwargs(path: str, fmt: str = "auto", num_heads: int | None = None,
         side = 14  # the usual 224 / 16; nothing in the file says otherwise
     fc1 = conv.tensors.get("blocks.0.mlp.fc1.weight")
     rules = PAPER_RULES[used]
-    return detected, dict(img_size=side * patch, pretrain_img_size=side * patch, patch_size=patch, in_chans=in_chans,
-                embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                mlp_ratio=fc1.shape[0] / embed_dim if fc1 is not None else 4.0,
-                qkv_bias="blocks.0.attn.qkv.bias" in conv.tensors, window_size=side,
-                layer_scale_init=0.1 if "blocks.0.ls1.gamma" in conv.tensors else None,
-                pretrain_use_cls_token=conv.num_prefix_tokens > 0,
-                **positional_flags(abs_pos or rules[0], rel_pos or rules[1]))
+    return detected, dict(
+        img_size=side * patch,
+        pretrain_img_size=side * patch,
+        patch_size=patch,
+        in_chans=in_chans,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=fc1.shape[0] / embed_dim if fc1 is not None else 4.0,
+        qkv_bias="blocks.0.attn.qkv.bias" in conv.tensors,
+        window_size=side,
+        layer_scale_init=0.1 if "blocks.0.ls1.gamma" in conv.tensors else None,
+        pretrain_use_cls_token=conv.num_prefix_tokens > 0,
+        **positional_flags(abs_pos or rules[0], rel_pos or rules[1]),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,15 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("inspect", help="detect the format and print the load report as JSON")
     p.add_argument("path")
     p.add_argument("--fmt", default="auto", choices=[f for f in ALL_FORMATS if f != "random"])
-    p.add_argument("--num-heads", type=int, default=None, help="attention heads (default: from a BEiT table, "
-                   "else embed_dim // 64)")
+    p.add_argument(
+        "--num-heads", type=int, default=None, help="attention heads (default: from a BEiT table, else embed_dim // 64)"
+    )
     p.add_argument("--abs-pos", choices=TREATMENTS, default=None, help="override the format's rule")
     p.add_argument("--rel-pos", choices=TREATMENTS, default=None, help="override the format's rule")
     args = parser.parse_args(argv)
     try:
         detected, kwargs = infer_vit_kwargs(args.path, args.fmt, args.num_heads, args.abs_pos, args.rel_pos)
-        report = load_pretrained(ViT(**kwargs), args.path, fmt=args.fmt, abs_pos=args.abs_pos,
-                                 rel_pos=args.rel_pos, strict=False)
+        report = load_pretrained(
+            ViT(**kwargs), args.path, fmt=args.fmt, abs_pos=args.abs_pos, rel_pos=args.rel_pos, strict=False
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ official code:
 - deit   (facebookresearch/deit): {'model': sd} in timm `VisionTransformer` names with a `head`.
 - timm   a plain state dict (.pth or .safetensors) in the same names.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,19 +51,28 @@ _COMMON_DROPS = [
     (r"^head\.", "classification / projection head"),
 ]
 _DROPS: dict[str, list[tuple[str, str]]] = {
-    "mae": [(r"^mask_token$", "MAE decoder mask token"),
-            (r"^decoder_", "MAE decoder (pre-training only)")],
-    "beit": [(r"^mask_token$", "BEiT mask token (pre-training only)"),
-             (r"^lm_head\.", "BEiT masked-image-modeling head (pre-training only)"),
-             (r"relative_position_index$", "relative position index buffer: recomputed for our grids")],
-    "mocov3": [(r"^(module\.)?momentum_encoder\.", "MoCo v3 momentum encoder (a moving average of the base encoder)"),
-               (r"^(module\.)?predictor\.", "MoCo v3 predictor MLP")],
-    "deit": [(r"^dist_token$", "DeiT distillation token"),
-             (r"^head_dist\.", "DeiT distillation head"),
-             (r"^pre_logits\.", "pre-logits layer of the classifier")],
-    "timm": [(r"^dist_token$", "distillation token"), (r"^reg_token$", "register tokens"),
-             (r"^head_dist\.", "distillation head"), (r"^pre_logits\.", "pre-logits layer of the classifier"),
-             (r"^attn_pool\.", "attention-pooling classifier head")],
+    "mae": [(r"^mask_token$", "MAE decoder mask token"), (r"^decoder_", "MAE decoder (pre-training only)")],
+    "beit": [
+        (r"^mask_token$", "BEiT mask token (pre-training only)"),
+        (r"^lm_head\.", "BEiT masked-image-modeling head (pre-training only)"),
+        (r"relative_position_index$", "relative position index buffer: recomputed for our grids"),
+    ],
+    "mocov3": [
+        (r"^(module\.)?momentum_encoder\.", "MoCo v3 momentum encoder (a moving average of the base encoder)"),
+        (r"^(module\.)?predictor\.", "MoCo v3 predictor MLP"),
+    ],
+    "deit": [
+        (r"^dist_token$", "DeiT distillation token"),
+        (r"^head_dist\.", "DeiT distillation head"),
+        (r"^pre_logits\.", "pre-logits layer of the classifier"),
+    ],
+    "timm": [
+        (r"^dist_token$", "distillation token"),
+        (r"^reg_token$", "register tokens"),
+        (r"^head_dist\.", "distillation head"),
+        (r"^pre_logits\.", "pre-logits layer of the classifier"),
+        (r"^attn_pool\.", "attention-pooling classifier head"),
+    ],
 }
 
 
@@ -105,8 +115,10 @@ def unwrap(obj: Any, where: str = "checkpoint") -> tuple[dict[str, torch.Tensor]
     if not all(isinstance(v, torch.Tensor) for v in obj.values()):
         wrapper = next((k for k in WRAPPERS if isinstance(obj.get(k), Mapping)), None)
         if wrapper is None:
-            raise ValueError(f"{where}: no state dict found; top-level keys {sorted(map(str, obj))[:20]}, "
-                             f"expected one of {list(WRAPPERS)} or a plain state dict")
+            raise ValueError(
+                f"{where}: no state dict found; top-level keys {sorted(map(str, obj))[:20]}, "
+                f"expected one of {list(WRAPPERS)} or a plain state dict"
+            )
         obj = obj[wrapper]
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
@@ -148,7 +160,7 @@ def sincos_layout(pos_embed: torch.Tensor) -> str | None:
         table = pos_embed.reshape(n, C).float()
         if torch.allclose(table, ref, atol=1e-4):
             return "mae"
-        if torch.allclose(table, torch.cat([ref[:, C // 2:], ref[:, :C // 2]], dim=1), atol=1e-4):
+        if torch.allclose(table, torch.cat([ref[:, C // 2 :], ref[:, : C // 2]], dim=1), atol=1e-4):
             return "mocov3"
     return None
 
@@ -196,16 +208,19 @@ def convert(fmt: str, state: Mapping[str, torch.Tensor]) -> Converted:
             out.unexpected[key] = list(t.shape)
     _fuse_qv_bias(qv, out)
     names = {_strip(fmt, k): t for k, t in state.items()}
-    out.num_prefix_tokens = ("cls_token" in names) + ("dist_token" in names) + (
-        names["reg_token"].shape[1] if "reg_token" in names else 0)
+    out.num_prefix_tokens = (
+        ("cls_token" in names) + ("dist_token" in names) + (names["reg_token"].shape[1] if "reg_token" in names else 0)
+    )
     if out.pos_embed is not None:
         out.num_prefix_tokens = _prefix_count(out.pos_embed, out.num_prefix_tokens)
         layout = sincos_layout(out.pos_embed[1])
         if layout:
             out.notes.append(f"{out.pos_embed[0]} is a fixed 2-D sin-cos table ({layout} channel order)")
     if fmt == "mocov3":
-        out.notes.append("MoCo v3's sin-cos table encodes the row in its first channel half (meshgrid over (w, h)); "
-                         "its rows follow the patch sequence, so it is transferred as stored")
+        out.notes.append(
+            "MoCo v3's sin-cos table encodes the row in its first channel half (meshgrid over (w, h)); "
+            "its rows follow the patch sequence, so it is transferred as stored"
+        )
     return out
 
 
@@ -230,5 +245,7 @@ def _prefix_count(pos_embed: tuple[str, torch.Tensor], expected: int) -> int:
         side = int(round((t.shape[1] - p) ** 0.5))
         if side * side == t.shape[1] - p:
             return p
-    raise ValueError(f"checkpoint {key} of shape {tuple(t.shape)}: {t.shape[1]} tokens is not a square grid "
-                     f"plus {expected} prefix token(s)")
+    raise ValueError(
+        f"checkpoint {key} of shape {tuple(t.shape)}: {t.shape[1]} tokens is not a square grid "
+        f"plus {expected} prefix token(s)"
+    )

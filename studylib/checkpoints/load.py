@@ -20,6 +20,7 @@ Nothing is silently skipped: a width, depth, patch or layer-scale mismatch is an
 keys and shapes; a backbone tensor (patch_embed.*, blocks.*) left unloaded or unexpected is an
 error; other unexpected keys are an error unless strict=False, and then they are reported.
 """
+
 from __future__ import annotations
 
 import re
@@ -77,8 +78,14 @@ def positional_flags(abs_pos: str | None = None, rel_pos: str | None = None) -> 
     return {"use_abs_pos": abs_pos != "no", "use_rel_pos": rel_pos != "no"}
 
 
-def load_pretrained(backbone: ViT, path: str | Path | None, fmt: str = "auto", abs_pos: str | None = None,
-                    rel_pos: str | None = None, strict: bool = True) -> LoadReport:
+def load_pretrained(
+    backbone: ViT,
+    path: str | Path | None,
+    fmt: str = "auto",
+    abs_pos: str | None = None,
+    rel_pos: str | None = None,
+    strict: bool = True,
+) -> LoadReport:
     """Load `path` (format `fmt`, 'auto' = detected) into `backbone` by the paper's rules.
 
     `path=None` with `fmt='random'` gives the paper's random initialization. abs_pos / rel_pos
@@ -98,8 +105,14 @@ def load_pretrained(backbone: ViT, path: str | Path | None, fmt: str = "auto", a
     used = detected if fmt == "auto" else fmt
     conv = convert(used, state)
     rules = PAPER_RULES[used]
-    report = LoadReport(format=used, path=str(path), abs_pos=abs_pos or rules[0], rel_pos=rel_pos or rules[1],
-                        dropped=dict(conv.dropped), notes=list(conv.notes))
+    report = LoadReport(
+        format=used,
+        path=str(path),
+        abs_pos=abs_pos or rules[0],
+        rel_pos=rel_pos or rules[1],
+        dropped=dict(conv.dropped),
+        notes=list(conv.notes),
+    )
     if wrapper:
         report.notes.insert(0, f"state dict under top-level key {wrapper!r}")
     if used != detected:
@@ -145,11 +158,15 @@ def _mode(treatment: str) -> str | None:
 def _check_parts(backbone: ViT, abs_pos: str, rel_pos: str) -> None:
     """A treatment other than 'no' needs the part built; 'no' needs it absent."""
     has_rel = backbone.rel_pos_window is not None or backbone.rel_pos_global is not None
-    for name, value, present, flag in (("abs_pos", abs_pos, backbone.pos_embed is not None, "use_abs_pos"),
-                                       ("rel_pos", rel_pos, has_rel, "use_rel_pos")):
+    for name, value, present, flag in (
+        ("abs_pos", abs_pos, backbone.pos_embed is not None, "use_abs_pos"),
+        ("rel_pos", rel_pos, has_rel, "use_rel_pos"),
+    ):
         if value == "no" and present:
-            raise ValueError(f"{name}='no' but the backbone has that part: build it with {flag}=False "
-                             f"(studylib.checkpoints.positional_flags gives the flags)")
+            raise ValueError(
+                f"{name}='no' but the backbone has that part: build it with {flag}=False "
+                f"(studylib.checkpoints.positional_flags gives the flags)"
+            )
         if value != "no" and not present:
             raise ValueError(f"{name}={value!r} but the backbone was built with {flag}=False: pass {name}='no'")
 
@@ -158,42 +175,57 @@ def _check_structure(backbone: ViT, conv: Converted, where: str) -> None:
     """Depth, patch size, layer scale, then every shape: one error naming all offending keys."""
     blocks = {int(m[1]) for k in list(conv.tensors) + list(conv.rel_tables) if (m := re.match(r"^blocks\.(\d+)\.", k))}
     if blocks and max(blocks) + 1 != backbone.depth:
-        raise ValueError(f"{where}: checkpoint has {max(blocks) + 1} blocks (blocks.0-{max(blocks)}), "
-                         f"the backbone has depth={backbone.depth}")
+        raise ValueError(
+            f"{where}: checkpoint has {max(blocks) + 1} blocks (blocks.0-{max(blocks)}), "
+            f"the backbone has depth={backbone.depth}"
+        )
     w = conv.tensors.get("patch_embed.proj.weight")
     if w is None:
         raise ValueError(f"{where}: no patch_embed.proj.weight found; not a ViT checkpoint of a known layout")
     if tuple(w.shape[-2:]) != (backbone.patch_size,) * 2:
-        raise ValueError(f"{where}: patch_embed.proj.weight {tuple(w.shape)} has a {w.shape[-2]}x{w.shape[-1]} "
-                         f"kernel, the backbone patch_size={backbone.patch_size}; build it with "
-                         f"patch_size={w.shape[-1]} (patch kernels are not resampled)")
+        raise ValueError(
+            f"{where}: patch_embed.proj.weight {tuple(w.shape)} has a {w.shape[-2]}x{w.shape[-1]} "
+            f"kernel, the backbone patch_size={backbone.patch_size}; build it with "
+            f"patch_size={w.shape[-1]} (patch kernels are not resampled)"
+        )
     ours = backbone.state_dict()
     ls = sorted(conv.sources[k] for k in conv.tensors if ".ls" in k and k not in ours)
     if ls:
-        raise ValueError(f"{where}: checkpoint has layer scale ({', '.join(ls[:4])}, ...) but the backbone was "
-                         f"built without it: build it with layer_scale_init (e.g. 0.1)")
+        raise ValueError(
+            f"{where}: checkpoint has layer scale ({', '.join(ls[:4])}, ...) but the backbone was "
+            f"built without it: build it with layer_scale_init (e.g. 0.1)"
+        )
     extra = [f"{conv.sources[k]} -> {k}" for k in conv.tensors if k not in ours]
     if extra:
         raise ValueError(f"{where}: checkpoint tensors the backbone lacks: {extra[:8]} (built with qkv_bias=False?)")
-    bad = [f"{conv.sources.get(k, k)} {tuple(t.shape)} vs backbone {k} {tuple(ours[k].shape)}"
-           for k, t in conv.tensors.items() if k in ours and ours[k].shape != t.shape]
+    bad = [
+        f"{conv.sources.get(k, k)} {tuple(t.shape)} vs backbone {k} {tuple(ours[k].shape)}"
+        for k, t in conv.tensors.items()
+        if k in ours and ours[k].shape != t.shape
+    ]
     if bad:
         raise ValueError(f"{where}: shape mismatch (width / heads / mlp ratio differ?):\n  " + "\n  ".join(bad))
     missing = [k for k in ours if re.match(r"^(patch_embed|blocks)\.", k) and k not in conv.tensors]
     if missing:
-        raise ValueError(f"{where}: backbone tensors the checkpoint does not provide: {missing[:8]}"
-                         f"{' ...' if len(missing) > 8 else ''} (a qkv bias or layer scale the checkpoint lacks?)")
+        raise ValueError(
+            f"{where}: backbone tensors the checkpoint does not provide: {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''} (a qkv bias or layer scale the checkpoint lacks?)"
+        )
 
 
 def _check_unexpected(conv: Converted, where: str, strict: bool, report: LoadReport) -> None:
     backbone_keys = [k for k in conv.unexpected if re.search(r"(^|\.)(patch_embed|blocks)\.", k)]
     if backbone_keys:
-        raise ValueError(f"{where}: backbone tensors with no place in ours: "
-                         + ", ".join(f"{k} {conv.unexpected[k]}" for k in backbone_keys[:8]))
+        raise ValueError(
+            f"{where}: backbone tensors with no place in ours: "
+            + ", ".join(f"{k} {conv.unexpected[k]}" for k in backbone_keys[:8])
+        )
     if conv.unexpected and strict:
-        raise ValueError(f"{where}: unexpected keys (not on the {report.format!r} drop list): "
-                         + ", ".join(f"{k} {v}" for k, v in list(conv.unexpected.items())[:8])
-                         + "; pass strict=False to load anyway and list them in the report")
+        raise ValueError(
+            f"{where}: unexpected keys (not on the {report.format!r} drop list): "
+            + ", ".join(f"{k} {v}" for k, v in list(conv.unexpected.items())[:8])
+            + "; pass strict=False to load anyway and list them in the report"
+        )
     report.unexpected = dict(conv.unexpected)
 
 
@@ -207,15 +239,18 @@ def _load_abs_pos(backbone: ViT, conv: Converted, report: LoadReport) -> None:
             report.missing["pos_embed"] = f"{_INIT[mode]} (abs_pos={mode})"
         return
     if ckpt is None:
-        raise ValueError(f"abs_pos='pt' but {report.path} has no absolute position embedding "
-                         f"(format {report.format!r}); use 'rand', 'zero' or 'no'")
+        raise ValueError(
+            f"abs_pos='pt' but {report.path} has no absolute position embedding "
+            f"(format {report.format!r}); use 'rand', 'zero' or 'no'"
+        )
     key, table = ckpt
     p = conv.num_prefix_tokens
     side = int(round((table.shape[1] - p) ** 0.5))
     ours = backbone.pos_embed
     if table.shape[-1] != ours.shape[-1]:
-        raise ValueError(f"{report.path}: {key} {tuple(table.shape)} vs backbone pos_embed {tuple(ours.shape)}: "
-                         f"width differs")
+        raise ValueError(
+            f"{report.path}: {key} {tuple(table.shape)} vs backbone pos_embed {tuple(ours.shape)}: width differs"
+        )
     grid = resize_abs_pos_embed(table.float(), backbone.pretrain_grid, p, (side, side)).reshape(1, -1, ours.shape[-1])
     if backbone.num_prefix_tokens:
         cls = table[:, :1].float() if p else torch.zeros_like(grid[:, :1])
@@ -243,17 +278,26 @@ def _load_rel_pos(backbone: ViT, conv: Converted, report: LoadReport) -> None:
                     report.missing[name] = f"{_INIT[mode]} (rel_pos={mode})"
         return
     if not conv.rel_tables:
-        hint = ("; it has an absolute embedding instead (BEiT's --abs_pos_emb config): abs_pos='pt', "
-                "rel_pos='zero'" if report.format == "beit" and conv.pos_embed is not None else "")
-        raise ValueError(f"rel_pos='pt' but {report.path} has no relative position bias table "
-                         f"(format {report.format!r}); use 'rand', 'zero' or 'no'{hint}")
+        hint = (
+            "; it has an absolute embedding instead (BEiT's --abs_pos_emb config): abs_pos='pt', rel_pos='zero'"
+            if report.format == "beit" and conv.pos_embed is not None
+            else ""
+        )
+        raise ValueError(
+            f"rel_pos='pt' but {report.path} has no relative position bias table "
+            f"(format {report.format!r}); use 'rand', 'zero' or 'no'{hint}"
+        )
     for key, t in conv.rel_tables.items():
         if t.ndim != 2 or t.shape[1] != backbone.num_heads:
-            raise ValueError(f"{report.path}: {key} {tuple(t.shape)} vs backbone num_heads={backbone.num_heads}: "
-                             f"expected ((2s-1)^2 + 3, {backbone.num_heads})")
+            raise ValueError(
+                f"{report.path}: {key} {tuple(t.shape)} vs backbone num_heads={backbone.num_heads}: "
+                f"expected ((2s-1)^2 + 3, {backbone.num_heads})"
+            )
     shared = conv.rel_tables.get(SHARED_REL_TABLE)
-    for name, blocks in (("rel_pos_window", [i for i, b in enumerate(backbone.blocks) if b.window_size]),
-                         ("rel_pos_global", list(backbone.global_blocks))):
+    for name, blocks in (
+        ("rel_pos_window", [i for i, b in enumerate(backbone.blocks) if b.window_size]),
+        ("rel_pos_global", list(backbone.global_blocks)),
+    ):
         module = getattr(backbone, name)
         if module is None:
             continue
@@ -276,7 +320,12 @@ def _load_rel_pos(backbone: ViT, conv: Converted, report: LoadReport) -> None:
         if (side, side) == tuple(module.grid):
             report.loaded[entry] = {"from": source, "shape": list(new.shape)}
         else:
-            report.resized[entry] = {"from": source, "from_shape": [table.shape[0] + 3, table.shape[1]],
-                                     "to_shape": list(new.shape)}
-    report.notes.append("relative bias: BEiT's 3 class-token rows removed" +
-                        ("" if shared is not None else "; per-block tables averaged over the blocks sharing each of ours"))
+            report.resized[entry] = {
+                "from": source,
+                "from_shape": [table.shape[0] + 3, table.shape[1]],
+                "to_shape": list(new.shape),
+            }
+    report.notes.append(
+        "relative bias: BEiT's 3 class-token rows removed"
+        + ("" if shared is not None else "; per-block tables averaged over the blocks sharing each of ours")
+    )

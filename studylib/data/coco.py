@@ -11,6 +11,7 @@ re-raised naming the image id and file.
 
 References: pycocotools `coco.py`, torchvision `references/detection/coco_utils.py`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,10 +68,7 @@ def load_coco(ann_file: str | os.PathLike) -> COCO:
         if ann["image_id"] not in images:
             raise ValueError(f"{where}: unknown image_id {ann['image_id']!r}")
         if ann["category_id"] not in categories:
-            raise ValueError(
-                f"{where}: unknown category_id {ann['category_id']!r} "
-                f"(categories: {sorted(categories)})"
-            )
+            raise ValueError(f"{where}: unknown category_id {ann['category_id']!r} (categories: {sorted(categories)})")
         bbox = ann["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
             raise ValueError(f"{where}: bbox must be [x, y, w, h] numbers, got {bbox!r}")
@@ -81,7 +79,9 @@ def load_coco(ann_file: str | os.PathLike) -> COCO:
     if filled:
         log.warning(
             "%s: %d annotations lacked iscrowd/area; set iscrowd=0, area=bbox area (ids %s)",
-            path, len(filled), filled[:_SHOWN],
+            path,
+            len(filled),
+            filled[:_SHOWN],
         )
 
     coco = COCO()
@@ -160,9 +160,7 @@ class CocoInstances(Dataset):
         cat_ids = sorted(self.coco.cats)
         self.label_to_category_id: dict[int, int] = {i + 1: c for i, c in enumerate(cat_ids)}
         self.category_id_to_label: dict[int, int] = {c: i + 1 for i, c in enumerate(cat_ids)}
-        self.label_names: dict[int, str] = {
-            i + 1: str(self.coco.cats[c].get("name", c)) for i, c in enumerate(cat_ids)
-        }
+        self.label_names: dict[int, str] = {i + 1: str(self.coco.cats[c].get("name", c)) for i, c in enumerate(cat_ids)}
         self.num_classes = len(cat_ids)
         self.image_ids: list[int] = sorted(self.coco.imgs)
         self._check_files()
@@ -197,8 +195,12 @@ class CocoInstances(Dataset):
                     continue
                 x, y, bw, bh = ann["bbox"]
                 box = [x, y, x + bw, y + bh]
-                inside = [min(max(box[0], 0), w), min(max(box[1], 0), h),
-                          min(max(box[2], 0), w), min(max(box[3], 0), h)]
+                inside = [
+                    min(max(box[0], 0), w),
+                    min(max(box[1], 0), h),
+                    min(max(box[2], 0), w),
+                    min(max(box[3], 0), h),
+                ]
                 if inside[2] <= inside[0] or inside[3] <= inside[1]:
                     dropped.append(ann["id"])
                     continue
@@ -217,7 +219,11 @@ class CocoInstances(Dataset):
             log.warning(
                 "%s: %d boxes clipped to their image (ann ids %s), %d dropped for zero area after "
                 "clipping (ann ids %s)",
-                self.ann_file, len(clipped), clipped[:_SHOWN], len(dropped), dropped[:_SHOWN],
+                self.ann_file,
+                len(clipped),
+                clipped[:_SHOWN],
+                len(dropped),
+                dropped[:_SHOWN],
             )
         if crowd:
             log.info("%s: %d crowd regions left out of the training targets", self.ann_file, crowd)
@@ -260,8 +266,10 @@ class CocoInstances(Dataset):
         return image, target
 
     def __repr__(self) -> str:
-        return (f"CocoInstances({str(self.ann_file)!r}, images={len(self)}, classes={self.num_classes}, "
-                f"transforms={self.transforms})")
+        return (
+            f"CocoInstances({str(self.ann_file)!r}, images={len(self)}, classes={self.num_classes}, "
+            f"transforms={self.transforms})"
+        )
 
 
 def _finalize(image: Any, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -270,8 +278,13 @@ def _finalize(image: Any, target: dict[str, Any]) -> tuple[torch.Tensor, dict[st
         image = F.pil_to_tensor(image)
     image = F.to_dtype(image.as_subclass(torch.Tensor), torch.float32, scale=True)
     out = dict(target)
-    for key, dtype in (("boxes", torch.float32), ("labels", torch.int64), ("masks", torch.uint8),
-                       ("area", torch.float32), ("iscrowd", torch.int64)):
+    for key, dtype in (
+        ("boxes", torch.float32),
+        ("labels", torch.int64),
+        ("masks", torch.uint8),
+        ("area", torch.float32),
+        ("iscrowd", torch.int64),
+    ):
         if key in out:
             out[key] = out[key].as_subclass(torch.Tensor).to(dtype)
     out["image_id"] = int(out["image_id"])

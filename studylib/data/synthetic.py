@@ -12,6 +12,7 @@ DIR/unlabeled/*.png (same distribution, for pre-training), DIR/meta.json (config
 
     python -m studylib.data.synthetic --out data/synthetic [--preset easy|hard] [--seed 0 ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,15 +49,15 @@ class SyntheticConfig:
     num_train: int = 800
     num_val: int = 200
     num_unlabeled: int = 800
-    num_classes: int = 4                              # first K of SHAPES, one hue and shading each
-    objects_per_image: tuple[int, int] = (1, 4)       # inclusive range
-    object_size: tuple[float, float] = (0.10, 0.45)   # object extent / image side, log-uniform
-    max_occlusion: float = 0.4    # later objects may hide at most this fraction of an earlier one
-    shading: float = 0.25         # strength of the class's shading pattern (0 = flat colour)
-    color_jitter: float = 0.06    # per-instance colour noise (large: colour no longer tells the class)
+    num_classes: int = 4  # first K of SHAPES, one hue and shading each
+    objects_per_image: tuple[int, int] = (1, 4)  # inclusive range
+    object_size: tuple[float, float] = (0.10, 0.45)  # object extent / image side, log-uniform
+    max_occlusion: float = 0.4  # later objects may hide at most this fraction of an earlier one
+    shading: float = 0.25  # strength of the class's shading pattern (0 = flat colour)
+    color_jitter: float = 0.06  # per-instance colour noise (large: colour no longer tells the class)
     background_texture: float = 0.12  # amplitude of smooth and fine background variation
-    clutter: int = 0              # unlabeled distractor strokes and blobs per image
-    noise: float = 0.02           # std of Gaussian pixel noise, image in [0, 1]
+    clutter: int = 0  # unlabeled distractor strokes and blobs per image
+    noise: float = 0.02  # std of Gaussian pixel noise, image in [0, 1]
 
     def __post_init__(self) -> None:
         def bad(name: str, rule: str) -> ValueError:
@@ -84,8 +85,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # solid or gently shaded shapes told apart by shape AND colour, on soft backgrounds
     "easy": {},
     # heavy textures, colour uninformative, cluttered noisy backgrounds, more and smaller objects
-    "hard": dict(num_classes=6, objects_per_image=(2, 8), object_size=(0.06, 0.5), max_occlusion=0.6,
-                 shading=0.6, color_jitter=0.35, background_texture=0.45, clutter=10, noise=0.08),
+    "hard": dict(
+        num_classes=6,
+        objects_per_image=(2, 8),
+        object_size=(0.06, 0.5),
+        max_occlusion=0.6,
+        shading=0.6,
+        color_jitter=0.35,
+        background_texture=0.45,
+        clutter=10,
+        noise=0.08,
+    ),
 }
 
 
@@ -270,16 +280,25 @@ def _write_split(root: Path, cfg: SyntheticConfig, split: str, count: int) -> di
             continue
         rles = mask_utils.encode(np.asfortranarray(np.stack([m for _, m in objects], axis=-1).astype(np.uint8)))
         for (k, m), rle, box in zip(objects, rles, mask_utils.toBbox(rles).tolist()):
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": i + 1, "category_id": 2 * k + 1,
-                "segmentation": {"size": [s, s], "counts": rle["counts"].decode("ascii")},
-                "area": int(m.sum()), "bbox": box, "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": 2 * k + 1,
+                    "segmentation": {"size": [s, s], "counts": rle["counts"].decode("ascii")},
+                    "area": int(m.sum()),
+                    "bbox": box,
+                    "iscrowd": 0,
+                }
+            )
     if split == "unlabeled":
         return {"images": count}
     coco = {
         "info": {"description": "studylib synthetic shapes", "version": str(FORMAT_VERSION)},
-        "licenses": [], "images": images, "annotations": annotations, "categories": categories(cfg),
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories(cfg),
     }
     _write_json(root / "annotations" / f"instances_{split}.json", coco)
     return {"images": count, "annotations": len(annotations), "dropped_occluded": dropped}
@@ -336,8 +355,12 @@ def generate(out_dir: str | os.PathLike, cfg: SyntheticConfig = SyntheticConfig(
     tmp.mkdir(parents=True)
     try:
         counts = {split: _write_split(tmp, cfg, split, getattr(cfg, f"num_{split}")) for split in SPLITS}
-        meta = {"format_version": FORMAT_VERSION, "config": _config_dict(cfg), "counts": counts,
-                "categories": categories(cfg)}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "config": _config_dict(cfg),
+            "counts": counts,
+            "categories": categories(cfg),
+        }
         _write_json(tmp / "meta.json", meta)
         if out.exists():
             shutil.rmtree(out)
@@ -363,8 +386,9 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             parser.add_argument(flag, type=int if f.type == "int" else float, help="default: preset's")
     args = parser.parse_args(argv)
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(SyntheticConfig)
-                 if getattr(args, f.name) is not None}
+    overrides = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(SyntheticConfig) if getattr(args, f.name) is not None
+    }
     cfg = preset_config(args.preset, **overrides)
     meta = generate(args.out, cfg, overwrite=args.overwrite)
     print(json.dumps({"out": args.out, "counts": meta["counts"]}, sort_keys=True))

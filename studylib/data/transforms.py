@@ -6,6 +6,7 @@ target size (no padding here: the detector pads to the fixed square), flip horiz
 recompute tight boxes from the cropped masks ("recompute boxes due to cropping") and drop
 instances left empty. Evaluation applies nothing: the detector resizes and pads.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -7,6 +7,7 @@ Modules: `schedule` (warmup + half-period cosine), `optim` (parameter groups, la
 `distributed` (process group, SyncBN, sharded batches), `checkpoint` (atomic save/resume),
 `build` (config -> data and model), `inference` (val-set AP), `trainer` (the loop).
 """
+
 from __future__ import annotations
 
 import shlex
@@ -39,10 +40,19 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False) -> dic
             cleanup()
 
 
-def torchrun_command(params: str | Path, experiment: str, out_dir: str | Path, sets: Sequence[str] = (),
-                     nproc_per_node: int = 1, nnodes: int = 1, node_rank: int | None = None,
-                     rdzv_endpoint: str | None = None, rdzv_id: str = "studylib", resume: bool = False,
-                     python: str = sys.executable) -> list[str]:
+def torchrun_command(
+    params: str | Path,
+    experiment: str,
+    out_dir: str | Path,
+    sets: Sequence[str] = (),
+    nproc_per_node: int = 1,
+    nnodes: int = 1,
+    node_rank: int | None = None,
+    rdzv_endpoint: str | None = None,
+    rdzv_id: str = "studylib",
+    resume: bool = False,
+    python: str = sys.executable,
+) -> list[str]:
     """The `torchrun ... -m studylib.train ...` command line (one node: --standalone; many: c10d rendezvous)."""
     if nproc_per_node < 1 or nnodes < 1:
         raise ValueError(f"nproc_per_node = {nproc_per_node} and nnodes = {nnodes} must be >= 1")
@@ -63,8 +73,16 @@ def torchrun_command(params: str | Path, experiment: str, out_dir: str | Path, s
     return cmd
 
 
-def launch_torchrun(params: str | Path, experiment: str, out_dir: str | Path, sets: Sequence[str] = (),
-                    nproc_per_node: int = 1, nnodes: int = 1, dry_run: bool = False, **kwargs) -> list[str]:
+def launch_torchrun(
+    params: str | Path,
+    experiment: str,
+    out_dir: str | Path,
+    sets: Sequence[str] = (),
+    nproc_per_node: int = 1,
+    nnodes: int = 1,
+    dry_run: bool = False,
+    **kwargs,
+) -> list[str]:
     """Run `torchrun_command(...)` as a subprocess (output streamed) and wait; raises CalledProcessError on failure.
 
     `dry_run=True` only returns the command. Keyword arguments go to `torchrun_command`.
@@ -76,5 +94,15 @@ def launch_torchrun(params: str | Path, experiment: str, out_dir: str | Path, se
     return cmd
 
 
-__all__ = ["build_optimizer", "build_scheduler", "effective_lr", "launch_torchrun", "lr_factor", "num_iterations",
-           "param_groups", "run", "torchrun_command", "warmup_iterations"]
+__all__ = [
+    "build_optimizer",
+    "build_scheduler",
+    "effective_lr",
+    "launch_torchrun",
+    "lr_factor",
+    "num_iterations",
+    "param_groups",
+    "run",
+    "torchrun_command",
+    "warmup_iterations",
+]

@@ -2,6 +2,7 @@
 
 This is the one place where the config touches the models: `models/` never reads configs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,8 +48,12 @@ def ensure_synthetic(cfg: ExperimentConfig, dist: DistInfo | None = None) -> Pat
 def data_paths(cfg: ExperimentConfig) -> dict[str, Path]:
     if cfg.data.kind == "synthetic":
         root = Path(cfg.data.root)
-        return {"train_ann": root / "annotations" / "instances_train.json", "train_images": root / "images" / "train",
-                "val_ann": root / "annotations" / "instances_val.json", "val_images": root / "images" / "val"}
+        return {
+            "train_ann": root / "annotations" / "instances_train.json",
+            "train_images": root / "images" / "train",
+            "val_ann": root / "annotations" / "instances_val.json",
+            "val_images": root / "images" / "val",
+        }
     return {k: Path(getattr(cfg.data, k)) for k in ("train_ann", "train_images", "val_ann", "val_images")}
 
 
@@ -71,11 +76,13 @@ def build_datasets(cfg: ExperimentConfig, dist: DistInfo | None = None) -> tuple
     for key, p in paths.items():
         if not p.exists():
             raise ValueError(f"data.{key} = {p} does not exist")
-    train = CocoInstances(paths["train_ann"], paths["train_images"],
-                          LargeScaleJitter(cfg.data.img_size, tuple(cfg.data.scale_range)))
+    train = CocoInstances(
+        paths["train_ann"], paths["train_images"], LargeScaleJitter(cfg.data.img_size, tuple(cfg.data.scale_range))
+    )
     val = CocoInstances(paths["val_ann"], paths["val_images"])
-    return first(train, cfg.data.num_train_images, "data.num_train_images"), \
-        first(val, cfg.data.num_val_images, "data.num_val_images")
+    return first(train, cfg.data.num_train_images, "data.num_train_images"), first(
+        val, cfg.data.num_val_images, "data.num_val_images"
+    )
 
 
 def base_dataset(dataset: Dataset):
@@ -89,13 +96,21 @@ def backbone_kwargs(cfg: ExperimentConfig) -> dict:
     from ..checkpoints import positional_flags
 
     m = cfg.model
-    kwargs: dict = {"img_size": cfg.data.img_size, "drop_path_rate": m.drop_path, "use_checkpoint": m.use_checkpoint,
-                    **positional_flags(cfg.init.abs_pos, cfg.init.rel_pos)}
+    kwargs: dict = {
+        "img_size": cfg.data.img_size,
+        "drop_path_rate": m.drop_path,
+        "use_checkpoint": m.use_checkpoint,
+        **positional_flags(cfg.init.abs_pos, cfg.init.rel_pos),
+    }
     depth = {**PRESETS[m.backbone], **m.overrides}.get("depth", 12)
     kwargs["global_blocks"] = {"window": [], "hybrid": None, "global": list(range(depth))}[m.attention]
     if m.window_size is not None:
         kwargs["window_size"] = m.window_size
-    layer_scale = m.layer_scale if m.layer_scale is not None else (BEIT_LAYER_SCALE if "beit" in (cfg.init.kind, cfg.init.format) else None)
+    layer_scale = (
+        m.layer_scale
+        if m.layer_scale is not None
+        else (BEIT_LAYER_SCALE if "beit" in (cfg.init.kind, cfg.init.format) else None)
+    )
     kwargs["layer_scale_init"] = layer_scale
     return {**kwargs, **m.overrides}
 
@@ -111,8 +126,10 @@ def build_model(cfg: ExperimentConfig, num_classes: int, out_dir: str | Path | N
     m = cfg.model
     if m.backbone in RESNETS:
         if cfg.init.kind != "random":
-            raise ValueError(f"model.backbone = {m.backbone!r} is the from-scratch baseline: init.kind must be "
-                             f"'random', got {cfg.init.kind!r}")
+            raise ValueError(
+                f"model.backbone = {m.backbone!r} is the from-scratch baseline: init.kind must be "
+                f"'random', got {cfg.init.kind!r}"
+            )
         backbone = build_resnet_fpn_backbone(RESNETS[m.backbone], norm=m.norm, out_channels=m.head_width)
     else:
         from ..checkpoints import load_pretrained
@@ -122,12 +139,21 @@ def build_model(cfg: ExperimentConfig, num_classes: int, out_dir: str | Path | N
             report = load_pretrained(vit, None, "random", cfg.init.abs_pos, cfg.init.rel_pos)
         else:
             if not Path(cfg.init.checkpoint).is_file():
-                raise ValueError(f"init.checkpoint = {cfg.init.checkpoint}: file not found (init.kind = "
-                                 f"{cfg.init.kind!r}; run its pre-training stage or point to a release)")
+                raise ValueError(
+                    f"init.checkpoint = {cfg.init.checkpoint}: file not found (init.kind = "
+                    f"{cfg.init.kind!r}; run its pre-training stage or point to a release)"
+                )
             report = load_pretrained(vit, cfg.init.checkpoint, cfg.init.format, cfg.init.abs_pos, cfg.init.rel_pos)
         if out_dir is not None:
             report.save(Path(out_dir) / "load_report.json")
         backbone = build_adaptor(vit, m.adaptor, out_channels=m.head_width, norm=m.norm)
-    return build_mask_rcnn(backbone, num_classes=num_classes + 1, img_size=cfg.data.img_size,
-                           head_width=m.head_width, fc_dim=m.fc_dim, norm=m.norm,
-                           rois_per_image=m.rois_per_image, **m.detector_kwargs)
+    return build_mask_rcnn(
+        backbone,
+        num_classes=num_classes + 1,
+        img_size=cfg.data.img_size,
+        head_width=m.head_width,
+        fc_dim=m.fc_dim,
+        norm=m.norm,
+        rois_per_image=m.rois_per_image,
+        **m.detector_kwargs,
+    )

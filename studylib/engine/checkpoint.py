@@ -5,6 +5,7 @@ iteration, the data position (epoch and batch within it) and, for every process,
 of torch (CPU and CUDA), numpy and random. It is written to a temporary file and renamed, so a run killed at any
 moment leaves the previous complete checkpoint in place.
 """
+
 from __future__ import annotations
 
 import random
@@ -28,8 +29,11 @@ def checkpoint_path(out_dir: str | Path) -> Path:
 def rng_state() -> dict[str, Any]:
     """RNG states as plain data (loadable with `torch.load(weights_only=True)`)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
-                                                       gauss], "random": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "random": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -45,9 +49,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                    iteration: int, epoch: int, position: int, rng: list[dict] | None = None,
-                    scaler: torch.amp.GradScaler | None = None, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    iteration: int,
+    epoch: int,
+    position: int,
+    rng: list[dict] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    extra: dict | None = None,
+) -> Path:
     """Atomically write the state after `iteration` completed iterations; data resumes at (epoch, position).
 
     `rng` holds one `rng_state()` per process (rank order); default: this process's only.
@@ -66,9 +79,16 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     return atomic_torch_save(path, state)
 
 
-def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                    scaler: torch.amp.GradScaler | None = None, map_location: str | torch.device = "cpu",
-                    rank: int = 0, world_size: int = 1) -> dict:
+def load_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler: torch.amp.GradScaler | None = None,
+    map_location: str | torch.device = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict:
     """Restore a `save_checkpoint` file into the given objects and this rank's RNGs; returns the raw state.
 
     A checkpoint from a run with another number of processes restores all but the RNGs
@@ -81,7 +101,9 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a truncated file cannot come from save_checkpoint, but say which file failed
         raise ValueError(f"checkpoint {path} cannot be read: {e}") from None
-    missing = [k for k in ("model", "optimizer", "scheduler", "iteration", "epoch", "position", "rng") if k not in state]
+    missing = [
+        k for k in ("model", "optimizer", "scheduler", "iteration", "epoch", "position", "rng") if k not in state
+    ]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {missing}: not written by studylib.engine")
     unwrap_model(model).load_state_dict(state["model"])

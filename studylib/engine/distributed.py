@@ -6,6 +6,7 @@ them the run is a single process and every helper here is a no-op. NCCL on GPUs,
 References: torchvision references/detection/utils.py (init_distributed_mode, reduce_dict);
 detectron2 layers/batch_norm.py (NaiveSyncBatchNorm).
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,9 @@ def pick_device(kind: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def init_distributed(device_kind: str = "auto", init_method: str | None = None, rank: int | None = None,
-                     world_size: int | None = None) -> DistInfo:
+def init_distributed(
+    device_kind: str = "auto", init_method: str | None = None, rank: int | None = None, world_size: int | None = None
+) -> DistInfo:
     """Join the process group described by torchrun's environment (or by the arguments); else single process."""
     if dist.is_available() and dist.is_initialized():  # joined already (e.g. a test's file:// group)
         rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -57,8 +59,13 @@ def init_distributed(device_kind: str = "auto", init_method: str | None = None, 
     device = pick_device(device_kind, local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, init_method=init_method or "env://", rank=rank, world_size=world_size,
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend,
+            init_method=init_method or "env://",
+            rank=rank,
+            world_size=world_size,
+            device_id=device if device.type == "cuda" else None,
+        )
     return DistInfo(rank, world_size, local_rank, device)
 
 
@@ -124,7 +131,7 @@ class NaiveSyncBatchNorm(nn.BatchNorm2d):
         local = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), n])
         total = _AllReduceSum.apply(local)
         count = total[-1].clamp(min=1.0)
-        mean, meansqr = total[:C] / count, total[C:2 * C] / count
+        mean, meansqr = total[:C] / count, total[C : 2 * C] / count
         var = (meansqr - mean * mean).clamp(min=0.0)
         with torch.no_grad():
             if self.track_running_stats:
@@ -155,8 +162,9 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
 def _convert_naive(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, NaiveSyncBatchNorm):
-        out = NaiveSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                 module.track_running_stats)
+        out = NaiveSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         if module.affine:  # the same tensors (dtype, device, requires_grad), as nn.SyncBatchNorm's conversion
             out.weight, out.bias = module.weight, module.bias
         out.running_mean, out.running_var = module.running_mean, module.running_var
@@ -175,17 +183,21 @@ class ShardedBatchSampler(Sampler[list[int]]):
     process runs the same number of iterations per epoch.
     """
 
-    def __init__(self, num_images: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True):
+    def __init__(
+        self, num_images: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True
+    ):
         if batch_size < 1:
             raise ValueError(f"per-process batch size {batch_size} must be >= 1")
-        self.sampler = DistributedSampler(range(num_images), num_replicas=world_size, rank=rank, shuffle=shuffle,
-                                          seed=seed, drop_last=False)
+        self.sampler = DistributedSampler(
+            range(num_images), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+        )
         self.batch_size = batch_size
         self.batches_per_epoch = len(self.sampler) // batch_size
         if self.batches_per_epoch == 0:
-            raise ValueError(f"{num_images} training images over {world_size} process(es) give no full batch of "
-                             f"{batch_size} per process: lower train.batch_size or add images")
+            raise ValueError(
+                f"{num_images} training images over {world_size} process(es) give no full batch of "
+                f"{batch_size} per process: lower train.batch_size or add images"
+            )
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -196,7 +208,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         indices = list(self.sampler)
         for b in range(self.start, self.batches_per_epoch):
-            yield indices[b * self.batch_size:(b + 1) * self.batch_size]
+            yield indices[b * self.batch_size : (b + 1) * self.batch_size]
 
     def __len__(self) -> int:
         return self.batches_per_epoch - self.start

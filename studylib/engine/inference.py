@@ -4,6 +4,7 @@ Every process predicts its share of the val images (index rank, rank + world, ..
 gathers the results and scores them with `studylib.evaluation`. Only images seen are scored:
 the ground truth is cut to them (a `num_val_images` subset is a proper subset evaluation).
 """
+
 from __future__ import annotations
 
 import time
@@ -31,14 +32,22 @@ def gt_subset(coco: Any, image_ids: list[int]) -> dict:
     """The COCO-format ground truth of `image_ids` only (crowd regions kept: they are ignore regions)."""
     keep = set(image_ids)
     data = coco.dataset
-    return {"images": [im for im in data["images"] if im["id"] in keep],
-            "annotations": [a for a in data["annotations"] if a["image_id"] in keep],
-            "categories": list(data["categories"])}
+    return {
+        "images": [im for im in data["images"] if im["id"] in keep],
+        "annotations": [a for a in data["annotations"] if a["image_id"] in keep],
+        "categories": list(data["categories"]),
+    }
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, device: torch.device, amp: str = "none", batch_size: int = 2,
-            dist_info: DistInfo | None = None) -> tuple[list[dict], list[dict], list[int], float]:
+def predict(
+    model: nn.Module,
+    dataset: Dataset,
+    device: torch.device,
+    amp: str = "none",
+    batch_size: int = 2,
+    dist_info: DistInfo | None = None,
+) -> tuple[list[dict], list[dict], list[int], float]:
     """This process's share of `dataset` -> (bbox_results, segm_results, image_ids, seconds in the model)."""
     from ..evaluation import predictions_to_results
 
@@ -51,7 +60,7 @@ def predict(model: nn.Module, dataset: Dataset, device: torch.device, amp: str =
     bbox, segm, ids, seconds = [], [], [], 0.0
     try:
         for start in range(0, len(indices), batch_size):
-            images, targets = collate_fn([dataset[i] for i in indices[start:start + batch_size]])
+            images, targets = collate_fn([dataset[i] for i in indices[start : start + batch_size]])
             images = [im.to(device, non_blocking=True) for im in images]
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -72,8 +81,15 @@ def predict(model: nn.Module, dataset: Dataset, device: torch.device, amp: str =
     return bbox, segm, ids, seconds
 
 
-def evaluate(model: nn.Module, dataset: Dataset, device: torch.device, amp: str = "none", backend: str = "pycocotools",
-             batch_size: int = 2, dist_info: DistInfo | None = None) -> dict[str, Any] | None:
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    device: torch.device,
+    amp: str = "none",
+    backend: str = "pycocotools",
+    batch_size: int = 2,
+    dist_info: DistInfo | None = None,
+) -> dict[str, Any] | None:
     """Box and mask AP of `model` on `dataset`; on rank 0 a dict with `metrics` (flat `bbox/AP`, ...,
     `infer/time_per_image_s`), `bbox_results`, `segm_results` and `gt`; None on other ranks."""
     from ..evaluation import evaluate_results

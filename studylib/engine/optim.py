@@ -11,6 +11,7 @@ Grouping is timm's (`param_groups_weight_decay`, `param_groups_layer_decay`); ti
 
 References: timm optim/_param_groups.py; BEiT optim_factory.py; detectron2 get_vit_lr_decay_rate.
 """
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -47,10 +48,11 @@ class _LayerView(nn.Module):
         self._model = [model]  # a list: not registered as a child, so no second parameter listing
         self.prefix, self.vit = found if found else ("\0", None)
 
-    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
-                         ) -> Iterator[tuple[str, nn.Parameter]]:
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, nn.Parameter]]:
         for name, p in self._model[0].named_parameters():
-            yield (name[len(self.prefix):] if name.startswith(self.prefix) else name), p
+            yield (name[len(self.prefix) :] if name.startswith(self.prefix) else name), p
 
     def group_matcher(self, coarse: bool = False) -> dict:
         # stem = layer 0, blocks.i = layer i + 1; the rest is unmatched -> the top layer (scale 1)
@@ -80,8 +82,13 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
     return groups
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999),
-                    layer_decay: float | None = None) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    layer_decay: float | None = None,
+) -> torch.optim.AdamW:
     """AdamW over `param_groups`, each group at lr x its `lr_scale` (no gradient clipping: the paper uses none)."""
     if lr <= 0 or weight_decay < 0:
         raise ValueError(f"lr = {lr} must be > 0 and weight_decay = {weight_decay} >= 0")

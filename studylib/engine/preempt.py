@@ -6,6 +6,7 @@ once per iteration; every process of a DDP run gets the same answer (one all-red
 them write the checkpoint at the same iteration and raise `Preempted`. Nothing here is active
 unless a launcher called `arm()`: a plain run never pays for the all-reduce.
 """
+
 from __future__ import annotations
 
 import time

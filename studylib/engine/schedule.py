@@ -15,6 +15,7 @@ as detectron2's `WarmupParamScheduler(CosineParamScheduler(1, 0), warmup_length,
 
 References: Li et al. 2021 §2.3; detectron2 solver/lr_scheduler.py; MAE util/lr_sched.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,9 +56,11 @@ def lr_factor(iteration: int, total: int, warmup: int, warmup_factor: float = WA
     return cosine
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup: int,
-                    warmup_factor: float = WARMUP_FACTOR) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total: int, warmup: int, warmup_factor: float = WARMUP_FACTOR
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-iteration `LambdaLR` with `lr_factor` (call `.step()` after every optimizer step)."""
     # partial of a module-level function: picklable, and LambdaLR's state_dict stays plain data
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, total=total, warmup=warmup,
-                                                                warmup_factor=warmup_factor))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(lr_factor, total=total, warmup=warmup, warmup_factor=warmup_factor)
+    )

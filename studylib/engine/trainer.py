@@ -12,6 +12,7 @@ checkpoints atomically, evaluates on the val set and writes, in out_dir:
 Iteration i (1-based) is the i-th optimizer step; a checkpoint after i steps resumes at step i + 1
 with the same data order, RNG states, optimizer and schedule.
 """
+
 from __future__ import annotations
 
 import csv
@@ -36,8 +37,8 @@ from tqdm import tqdm
 
 from ..config import ExperimentConfig
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
-from .build import base_dataset, build_datasets, build_model
 from . import preempt
+from .build import base_dataset, build_datasets, build_model
 from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint
 from .distributed import (
     DistInfo,
@@ -90,9 +91,12 @@ class History:
         rows = []
         if resume and self.path.is_file():  # drop rows past the checkpoint (and a half-written last line)
             text = self.path.read_text()
-            complete = text if text.endswith("\n") else text[:text.rfind("\n") + 1]
-            rows = [r for r in csv.DictReader(io.StringIO(complete))
-                    if r.get("lr") not in (None, "") and int(r["iteration"]) <= start]
+            complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+            rows = [
+                r
+                for r in csv.DictReader(io.StringIO(complete))
+                if r.get("lr") not in (None, "") and int(r["iteration"]) <= start
+            ]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, HISTORY_FIELDS)
         writer.writeheader()
@@ -108,8 +112,11 @@ class History:
     def log(self, iteration: int, losses: dict[str, float], lr: float) -> None:
         if not self.enabled:
             return
-        row = {"iteration": iteration, **{k: f"{v:.6g}" for k, v in losses.items() if k in HISTORY_FIELDS},
-               "lr": f"{lr:.6g}"}
+        row = {
+            "iteration": iteration,
+            **{k: f"{v:.6g}" for k, v in losses.items() if k in HISTORY_FIELDS},
+            "lr": f"{lr:.6g}",
+        }
         self.writer.writerow(row)
         self.file.flush()
         for k, v in losses.items():
@@ -139,14 +146,17 @@ def check_finite(iteration: int, losses: dict[str, torch.Tensor]) -> None:
     """Stop the run on a NaN/inf loss, naming the iteration and every loss term."""
     values = {k: float(v) for k, v in losses.items()}
     if not all(math.isfinite(v) for v in values.values()):
-        raise FloatingPointError(f"iteration {iteration}: non-finite loss: {format_losses(values)} "
-                                 f"(the last good checkpoint is kept)")
+        raise FloatingPointError(
+            f"iteration {iteration}: non-finite loss: {format_losses(values)} (the last good checkpoint is kept)"
+        )
 
 
 def to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device):
     images = [im.to(device, non_blocking=True) for im in images]
-    targets = [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
-               for t in targets]
+    targets = [
+        {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+        for t in targets
+    ]
     return images, targets
 
 
@@ -212,8 +222,13 @@ def setup(cfg: ExperimentConfig, out_dir: Path, dist_info: DistInfo) -> Training
     n_parameters = sum(p.numel() for p in model.parameters())
     if dist_info.distributed:
         model = wrap_ddp(model, device)
-    sampler = ShardedBatchSampler(len(train_set), per_process_batch(tc.batch_size, dist_info.world_size),
-                                  dist_info.rank, dist_info.world_size, seed=tc.seed)
+    sampler = ShardedBatchSampler(
+        len(train_set),
+        per_process_batch(tc.batch_size, dist_info.world_size),
+        dist_info.rank,
+        dist_info.world_size,
+        seed=tc.seed,
+    )
     total = num_iterations(tc.epochs, len(train_set), tc.batch_size, tc.max_iters)
     warmup = warmup_iterations(tc.warmup_epochs, len(train_set), tc.batch_size, total)
     lr = effective_lr(tc.lr, tc.lr_mult, tc.batch_size, tc.base_batch_size)
@@ -221,8 +236,22 @@ def setup(cfg: ExperimentConfig, out_dir: Path, dist_info: DistInfo) -> Training
     scheduler = build_scheduler(optimizer, total, warmup)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and tc.amp == "fp16" else None
     seed_all(tc.seed + dist_info.rank)  # each process its own augmentation / drop-path stream
-    return Training(cfg, out_dir, dist_info, train_set, val_set, model, optimizer, scheduler, scaler, sampler,
-                    total, warmup, lr, n_parameters)
+    return Training(
+        cfg,
+        out_dir,
+        dist_info,
+        train_set,
+        val_set,
+        model,
+        optimizer,
+        scheduler,
+        scaler,
+        sampler,
+        total,
+        warmup,
+        lr,
+        n_parameters,
+    )
 
 
 def restore(run: Training) -> int:
@@ -232,14 +261,25 @@ def restore(run: Training) -> int:
         if dist_info.is_main:
             print(f"[train] --resume: no checkpoint at {ckpt}, starting from iteration 0", file=sys.stderr)
         return 0
-    state = load_checkpoint(ckpt, run.model, run.optimizer, run.scheduler, run.scaler, dist_info.device,
-                            dist_info.rank, dist_info.world_size)
+    state = load_checkpoint(
+        ckpt,
+        run.model,
+        run.optimizer,
+        run.scheduler,
+        run.scaler,
+        dist_info.device,
+        dist_info.rank,
+        dist_info.world_size,
+    )
     start, run.train_time = state["iteration"], state["extra"].get("train_time_s", 0.0)
     if not state["rng_restored"]:
         seed_all(run.cfg.train.seed + dist_info.rank + 7919 * start)
         if dist_info.is_main:
-            print(f"[train] {ckpt} was written by {len(state['rng'])} process(es), this run has "
-                  f"{dist_info.world_size}: RNG streams reseeded", file=sys.stderr)
+            print(
+                f"[train] {ckpt} was written by {len(state['rng'])} process(es), this run has "
+                f"{dist_info.world_size}: RNG streams reseeded",
+                file=sys.stderr,
+            )
     if dist_info.is_main:
         print(f"[train] resumed from {ckpt} at iteration {start}/{run.total}", file=sys.stderr)
     return start
@@ -253,13 +293,24 @@ def save(run: Training, iteration: int) -> None:
         dist.all_gather_object(rngs, rng_state())
     if run.dist_info.is_main:
         epoch, position = divmod(iteration, run.sampler.batches_per_epoch)
-        save_checkpoint(run.ckpt, run.model, run.optimizer, run.scheduler, iteration, epoch, position, rngs,
-                        run.scaler, extra={"train_time_s": run.train_time, "total": run.total})
+        save_checkpoint(
+            run.ckpt,
+            run.model,
+            run.optimizer,
+            run.scheduler,
+            iteration,
+            epoch,
+            position,
+            rngs,
+            run.scaler,
+            extra={"train_time_s": run.train_time, "total": run.total},
+        )
     barrier()
 
 
-def train_step(run: Training, images: list[torch.Tensor], targets: list[dict], iteration: int
-               ) -> tuple[dict[str, float], float]:
+def train_step(
+    run: Training, images: list[torch.Tensor], targets: list[dict], iteration: int
+) -> tuple[dict[str, float], float]:
     """One optimizer step (iteration is its 1-based number): the losses averaged over processes, and its lr."""
     device, amp = run.dist_info.device, run.cfg.train.amp
     images, targets = to_device(images, targets, device)
@@ -291,9 +342,12 @@ def train_loop(run: Training, start: int, history: History) -> None:
     log_every, tty = max(1, tc.log_every), sys.stderr.isatty()
     bar = tqdm(total=run.total, initial=start, disable=not (main and tty), dynamic_ncols=True, desc=cfg.name)
     if main:
-        print(f"[train] {cfg.name}: {run.total} iterations ({len(run.train_set)} images, global batch {global_batch} "
-              f"on {dist_info.world_size} process(es), {device.type}), lr {run.lr:.3g}, warmup {run.warmup}, "
-              f"{run.n_parameters / 1e6:.2f}M parameters", file=sys.stderr)
+        print(
+            f"[train] {cfg.name}: {run.total} iterations ({len(run.train_set)} images, global batch {global_batch} "
+            f"on {dist_info.world_size} process(es), {device.type}), lr {run.lr:.3g}, warmup {run.warmup}, "
+            f"{run.n_parameters / 1e6:.2f}M parameters",
+            file=sys.stderr,
+        )
     iteration = start
     run.model.train()
     try:
@@ -302,8 +356,14 @@ def train_loop(run: Training, start: int, history: History) -> None:
             run.sampler.set_epoch(epoch, position)
             # the loader's own generator: creating it mid-epoch on resume must not draw from the global RNG
             gen = torch.Generator().manual_seed(tc.seed + 1000 * epoch + dist_info.rank)
-            loader = DataLoader(run.train_set, batch_sampler=run.sampler, collate_fn=_collate,
-                                num_workers=cfg.data.workers, pin_memory=device.type == "cuda", generator=gen)
+            loader = DataLoader(
+                run.train_set,
+                batch_sampler=run.sampler,
+                collate_fn=_collate,
+                num_workers=cfg.data.workers,
+                pin_memory=device.type == "cuda",
+                generator=gen,
+            )
             for images, targets in loader:
                 t0 = time.perf_counter()
                 values, lr_now = train_step(run, images, targets, iteration + 1)
@@ -316,9 +376,15 @@ def train_loop(run: Training, start: int, history: History) -> None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr_now:.2e}", img_s=f"{global_batch / dt:.1f}")
                 if main and not tty and (iteration % log_every == 0 or iteration == run.total):
-                    eta = (run.total - iteration) * (sum(run.step_times) / len(run.step_times) if run.step_times else dt)
-                    print(f"[train] iter {iteration}/{run.total} {format_losses(values)} lr {lr_now:.3g} "
-                          f"{global_batch / dt:.1f} img/s eta {eta:.0f}s", file=sys.stderr, flush=True)
+                    eta = (run.total - iteration) * (
+                        sum(run.step_times) / len(run.step_times) if run.step_times else dt
+                    )
+                    print(
+                        f"[train] iter {iteration}/{run.total} {format_losses(values)} lr {lr_now:.3g} "
+                        f"{global_batch / dt:.1f} img/s eta {eta:.0f}s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 stop = preempt.stop_requested()  # a scheduler's warning (launch/slurm.py): save now, requeue
                 if stop or iteration % tc.checkpoint_every == 0 or iteration == run.total:
                     save(run, iteration)
@@ -342,13 +408,19 @@ def finish(run: Training, history: History) -> dict[str, Any]:
     if not dist_info.is_main:
         return {}
     metrics = write_outputs(run.cfg, run.out_dir, run.model, result, history)
-    metrics.update({
-        "n_parameters": run.n_parameters, "seed": tc.seed, "train/iterations": run.total,
-        "train/global_batch": tc.batch_size, "train/world_size": dist_info.world_size, "train/lr_eff": run.lr,
-        "train/time_s": run.train_time,
-        "train/iter_time_s": float(np.mean(run.step_times)) if run.step_times else float("nan"),
-        "train/peak_mem_gb": peak_memory_gb(dist_info.device),
-    })
+    metrics.update(
+        {
+            "n_parameters": run.n_parameters,
+            "seed": tc.seed,
+            "train/iterations": run.total,
+            "train/global_batch": tc.batch_size,
+            "train/world_size": dist_info.world_size,
+            "train/lr_eff": run.lr,
+            "train/time_s": run.train_time,
+            "train/iter_time_s": float(np.mean(run.step_times)) if run.step_times else float("nan"),
+            "train/peak_mem_gb": peak_memory_gb(dist_info.device),
+        }
+    )
     history.close()
     atomic_write_json(run.out_dir / "metrics.json", metrics)  # last: marks the run complete
     return metrics
@@ -360,8 +432,9 @@ def _collate(batch: list) -> tuple:
     return collate_fn(batch)
 
 
-def write_outputs(cfg: ExperimentConfig, out_dir: Path, model: torch.nn.Module, result: dict,
-                  history: History) -> dict[str, Any]:
+def write_outputs(
+    cfg: ExperimentConfig, out_dir: Path, model: torch.nn.Module, result: dict, history: History
+) -> dict[str, Any]:
     """model.pth, COCO results, tide.json; returns the evaluation metrics (rank 0)."""
     from ..evaluation import save_results, tide_errors
 

@@ -10,6 +10,7 @@ One path serves the CLI (`python -m studylib.evaluate`) and the in-training eval
 
 References: pycocotools `cocoeval.py`, faster-coco-eval, torchvision references/detection/coco_eval.py.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -90,7 +91,9 @@ def load_gt(gt: Any, backend: Backend = "pycocotools") -> Any:
         raise ValueError(f"{where} must hold a JSON object, got {type(dataset).__name__}")
     for key in ("images", "annotations", "categories"):
         if key not in dataset:
-            raise ValueError(f"{where} has no {key!r} key (a COCO instances file needs images, annotations, categories)")
+            raise ValueError(
+                f"{where} has no {key!r} key (a COCO instances file needs images, annotations, categories)"
+            )
     return _coco_from_dataset(dataset, backend)
 
 

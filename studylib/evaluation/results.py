@@ -6,6 +6,7 @@ COCO results want xywh boxes, the dataset's own category ids and binary masks as
 
 References: torchvision references/detection/coco_eval.py (prepare_for_coco_detection/segmentation).
 """
+
 from __future__ import annotations
 
 import json

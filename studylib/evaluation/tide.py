@@ -19,6 +19,7 @@ Known tidecv behaviour (dbolya/tide#40): ground truth fed back as detections can
 Miss error. tidecv keeps at most 100 detections per image (all classes together) where COCOeval
 keeps 100 per image and class, so ground truths of images with more than 100 objects go missing.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -41,7 +42,9 @@ def _error_types() -> dict[str, type]:
         OtherError,
     )
 
-    return dict(cls=ClassError, loc=BoxError, both=OtherError, dupe=DuplicateError, bkg=BackgroundError, miss=MissedError)
+    return dict(
+        cls=ClassError, loc=BoxError, both=OtherError, dupe=DuplicateError, bkg=BackgroundError, miss=MissedError
+    )
 
 
 def _tide_gt(coco_gt: Any, iou_type: str) -> Any:
@@ -98,8 +101,13 @@ def tide_errors(gt: Any, bbox_results: Any, iou_type: Literal["bbox", "segm"] = 
     _check_results(results, coco_gt, iou_type)
     mode = "bbox" if iou_type == "bbox" else "mask"
     run = TIDERun(
-        _tide_gt(coco_gt, iou_type), _tide_preds(results, iou_type),
-        POS_THRESHOLD, BACKGROUND_THRESHOLD, mode, MAX_DETS, True,
+        _tide_gt(coco_gt, iou_type),
+        _tide_preds(results, iou_type),
+        POS_THRESHOLD,
+        BACKGROUND_THRESHOLD,
+        mode,
+        MAX_DETS,
+        True,
     )
     base = float(run.ap)
     out: dict[str, float] = {}

@@ -10,6 +10,7 @@ it executes, so switching re-runs nothing. Modules: `options` (cluster.yaml), `s
 wait, re-attach, requeue), `record` (OUT/launch.json), `stage` (the DVC stage: resume only its
 same computation).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,13 +19,23 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import record, stage
-from .options import ENV_CLUSTER, SlurmOptions, cluster_file, load as load_options
+from .options import ENV_CLUSTER, SlurmOptions, cluster_file
+from .options import load as load_options
 
 LAUNCHERS = ("local", "slurm")
 ENV_LAUNCHER = "STUDYLIB_LAUNCHER"
 
-__all__ = ["ENV_CLUSTER", "ENV_LAUNCHER", "LAUNCHERS", "SlurmOptions", "choose", "cluster_file", "load_options",
-           "pretrain", "train"]
+__all__ = [
+    "ENV_CLUSTER",
+    "ENV_LAUNCHER",
+    "LAUNCHERS",
+    "SlurmOptions",
+    "choose",
+    "cluster_file",
+    "load_options",
+    "pretrain",
+    "train",
+]
 
 
 def choose(name: str | None = None) -> str:
@@ -38,8 +49,17 @@ def choose(name: str | None = None) -> str:
 
 def _local(out_dir: Path, tasks: int, nodes: int, resume: bool, request: str, start_iter, run):
     """`run()` here, recorded in OUT/launch.json as one attempt."""
-    record.start(out_dir, {"launcher": "local" if tasks == 1 else "torchrun", "job_id": None, "nodes": nodes,
-                           "tasks": tasks, "request": request}, keep=resume)
+    record.start(
+        out_dir,
+        {
+            "launcher": "local" if tasks == 1 else "torchrun",
+            "job_id": None,
+            "nodes": nodes,
+            "tasks": tasks,
+            "request": request,
+        },
+        keep=resume,
+    )
     record.begin_attempt(out_dir, None, start_iter() if resume else 0)
     try:
         result = run()
@@ -50,9 +70,18 @@ def _local(out_dir: Path, tasks: int, nodes: int, resume: bool, request: str, st
     return result
 
 
-def train(params: str | Path, experiment: str, out_dir: str | Path, sets: Sequence[str] = (), resume: bool = False,
-          launcher: str | None = None, cluster: str | Path | None = None, nproc_per_node: int = 1, nnodes: int = 1,
-          rdzv_endpoint: str | None = None) -> dict[str, Any]:
+def train(
+    params: str | Path,
+    experiment: str,
+    out_dir: str | Path,
+    sets: Sequence[str] = (),
+    resume: bool = False,
+    launcher: str | None = None,
+    cluster: str | Path | None = None,
+    nproc_per_node: int = 1,
+    nnodes: int = 1,
+    rdzv_endpoint: str | None = None,
+) -> dict[str, Any]:
     """Train `experiment` (with `sets`) into `out_dir` on the chosen launcher; the run's metrics.
 
     local: in this process, or torchrun with `nproc_per_node` x `nnodes` processes (study.launch);
@@ -82,20 +111,31 @@ def train(params: str | Path, experiment: str, out_dir: str | Path, sets: Sequen
         else:
             resume = True
     if nproc_per_node > 1 or nnodes > 1:
+
         def run() -> dict[str, Any]:
-            engine.launch_torchrun(params, experiment, out, list(sets), nproc_per_node, nnodes,
-                                   rdzv_endpoint=rdzv_endpoint, resume=resume)
+            engine.launch_torchrun(
+                params, experiment, out, list(sets), nproc_per_node, nnodes, rdzv_endpoint=rdzv_endpoint, resume=resume
+            )
             return json.loads((out / "metrics.json").read_text())
     else:
+
         def run() -> dict[str, Any]:
             return engine.run(cfg, out, resume=resume)
+
     from .slurm import checkpoint_iteration
 
     return _local(out, nproc_per_node * nnodes, nnodes, resume, request, lambda: checkpoint_iteration(out), run)
 
 
-def pretrain(method: str, images: str | Path, out_path: str | Path, cfg, ann_file: str | Path | None = None,
-             launcher: str | None = None, cluster: str | Path | None = None) -> dict[str, Any]:
+def pretrain(
+    method: str,
+    images: str | Path,
+    out_path: str | Path,
+    cfg,
+    ann_file: str | Path | None = None,
+    launcher: str | None = None,
+    cluster: str | Path | None = None,
+) -> dict[str, Any]:
     """One local pre-training run (studylib.pretrain.run) here or as a one-task SLURM job; its summary."""
     if choose(launcher) == "slurm":
         from . import slurm

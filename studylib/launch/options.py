@@ -4,6 +4,7 @@ Looked up in this order: an explicit path (`--cluster PATH`), the file named by 
 cluster.yaml in the current folder, else the defaults below. Not a DVC param: where a run
 executes is not part of what it computes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,8 +79,9 @@ def load(path: str | Path | None = None) -> SlurmOptions:
         raise ValueError(f"{src}: unknown slurm option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
     for key in _POSITIVE + _NON_NEGATIVE:
         value = section.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value < (1 if key in _POSITIVE else 0)):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < (1 if key in _POSITIVE else 0)
+        ):
             raise ValueError(f"{src}: slurm.{key} = {value!r} must be an integer >= {1 if key in _POSITIVE else 0}")
     if not isinstance(section.get("sbatch", {}), dict):
         raise ValueError(f"{src}: slurm.sbatch must be a mapping of sbatch flags (without the leading --)")

@@ -8,6 +8,7 @@
 The waiting command (login node) and the job (rank 0 of each attempt) both write it; a file lock
 orders them, and every write is atomic (studylib.io).
 """
+
 from __future__ import annotations
 
 import json
@@ -52,6 +53,7 @@ def update(out_dir: str | Path, change: Callable[[dict[str, Any]], None]) -> dic
 def start(out_dir: str | Path, fields: dict[str, Any], keep: bool = True) -> dict[str, Any]:
     """A new launch: the launcher's fields; `keep`: after the attempts so far (a resumed run), else
     a new record."""
+
     def change(rec: dict[str, Any]) -> None:
         if not keep:
             rec.clear()
@@ -65,12 +67,20 @@ def start(out_dir: str | Path, fields: dict[str, Any], keep: bool = True) -> dic
 def begin_attempt(out_dir: str | Path, job_id: str | None, start_iter: int) -> None:
     """This process starts (or restarts) the run at `start_iter`; an earlier attempt still marked
     RUNNING was stopped without a word (requeue, node failure) and is marked REQUEUED."""
+
     def change(rec: dict[str, Any]) -> None:
         for a in rec.setdefault("attempts", []):
             if a.get("state") == RUNNING:
                 a["state"] = "REQUEUED"
-        rec["attempts"].append({"job_id": job_id, "host": socket.gethostname(), "start_iter": start_iter,
-                                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "state": RUNNING})
+        rec["attempts"].append(
+            {
+                "job_id": job_id,
+                "host": socket.gethostname(),
+                "start_iter": start_iter,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "state": RUNNING,
+            }
+        )
         rec["state"] = RUNNING
 
     update(out_dir, change)
@@ -78,6 +88,7 @@ def begin_attempt(out_dir: str | Path, job_id: str | None, start_iter: int) -> N
 
 def end_attempt(out_dir: str | Path, state: str, final: bool = True) -> None:
     """The running attempt ended in `state` (COMPLETED, FAILED, PREEMPTED, ...); `final`: so did the run."""
+
     def change(rec: dict[str, Any]) -> None:
         running = [a for a in rec.get("attempts", []) if a.get("state") == RUNNING]
         if running:

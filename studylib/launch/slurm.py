@@ -10,6 +10,7 @@ pre-empts or stops at its time limit continues exactly where its last checkpoint
 SLURM warns first (`--signal=USR2@signal_delay_s`, set by submitit), the trainer writes a
 checkpoint at its next iteration (`engine.preempt`) before submitit requeues the job.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,17 @@ from . import record, stage
 from .options import SlurmOptions
 
 LOG_DIR = "slurm"
-FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
-         "PREEMPTED"}
+FINAL = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 
 
 class LaunchError(RuntimeError):
@@ -72,10 +82,16 @@ def executor(folder: Path, opts: SlurmOptions, name: str):
     import submitit
 
     ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=opts.max_timeouts)
-    params: dict[str, Any] = dict(job_name=name, nodes=opts.nodes, ntasks_per_node=opts.ntasks_per_node,
-                                  cpus_per_task=opts.cpus_per_task, time=opts.time_min,
-                                  signal_delay_s=opts.signal_delay_s, additional_parameters=dict(opts.sbatch),
-                                  setup=list(opts.setup))
+    params: dict[str, Any] = dict(
+        job_name=name,
+        nodes=opts.nodes,
+        ntasks_per_node=opts.ntasks_per_node,
+        cpus_per_task=opts.cpus_per_task,
+        time=opts.time_min,
+        signal_delay_s=opts.signal_delay_s,
+        additional_parameters=dict(opts.sbatch),
+        setup=list(opts.setup),
+    )
     if opts.gpus_per_node:
         params["gpus_per_node"] = opts.gpus_per_node
     if opts.mem_gb is not None:
@@ -200,15 +216,30 @@ def submit(task: Task, opts: SlurmOptions, name: str, request: str) -> str:
     """Submit `task` as one job; write the launch record (before the job can start); return the job id."""
     folder = task.out_dir / LOG_DIR
     cancel_orphans(folder)
-    record.start(task.out_dir, {"launcher": "slurm", "job_id": None, "nodes": opts.nodes, "tasks": opts.tasks,
-                                "tasks_per_node": opts.ntasks_per_node, "gpus_per_node": opts.gpus_per_node,
-                                "partition": opts.partition, "request": request}, keep=task.resume)
+    record.start(
+        task.out_dir,
+        {
+            "launcher": "slurm",
+            "job_id": None,
+            "nodes": opts.nodes,
+            "tasks": opts.tasks,
+            "tasks_per_node": opts.ntasks_per_node,
+            "gpus_per_node": opts.gpus_per_node,
+            "partition": opts.partition,
+            "request": request,
+        },
+        keep=task.resume,
+    )
     job_id = executor(folder, opts, name).submit(task).job_id
     log = log_paths(folder, job_id).stderr
-    record.update(task.out_dir, lambda rec: rec.update(job_id=job_id, log=str(log),
-                                                       stdout=str(log_paths(folder, job_id).stdout)))
-    print(f"[slurm] submitted job {job_id} ({opts.nodes} node(s) x {opts.ntasks_per_node} task(s)); "
-          f"log: {log}", file=sys.stderr, flush=True)
+    record.update(
+        task.out_dir, lambda rec: rec.update(job_id=job_id, log=str(log), stdout=str(log_paths(folder, job_id).stdout))
+    )
+    print(
+        f"[slurm] submitted job {job_id} ({opts.nodes} node(s) x {opts.ntasks_per_node} task(s)); log: {log}",
+        file=sys.stderr,
+        flush=True,
+    )
     return job_id
 
 
@@ -225,8 +256,13 @@ def _result(folder: Path, job_id: str, tasks: int) -> tuple[str, Any, Path] | No
     return None
 
 
-def wait(out_dir: Path, job_id: str, tasks: int, poll_s: float,
-         echo: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> Any:
+def wait(
+    out_dir: Path,
+    job_id: str,
+    tasks: int,
+    poll_s: float,
+    echo: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+) -> Any:
     """Wait for the job; its task 0's return value, or LaunchError naming the job and its log."""
     folder = Path(out_dir) / LOG_DIR
     log = log_paths(folder, job_id).stderr
@@ -238,8 +274,12 @@ def wait(out_dir: Path, job_id: str, tasks: int, poll_s: float,
             if outcome == "success":
                 return value
             lines = [ln for ln in str(value).strip().splitlines() if ln.strip()]
-            raise LaunchError(f"SLURM job {job_id} failed: {lines[-1] if lines else outcome}\n  log: {task_log}",
-                              job_id, task_log, str(value))
+            raise LaunchError(
+                f"SLURM job {job_id} failed: {lines[-1] if lines else outcome}\n  log: {task_log}",
+                job_id,
+                task_log,
+                str(value),
+            )
         state = job_state(job_id)
         if state != last:
             echo(f"[slurm] job {job_id}: {state or 'no longer known to SLURM'}")
@@ -251,14 +291,16 @@ def wait(out_dir: Path, job_id: str, tasks: int, poll_s: float,
                 rec = record.read(out_dir) or {}
                 if rec.get("state") not in ("COMPLETED", "FAILED"):
                     record.end_attempt(out_dir, state)
-                raise LaunchError(f"SLURM job {job_id} ended {state} without finishing the run\n  log: {log}",
-                                  job_id, log)
+                raise LaunchError(
+                    f"SLURM job {job_id} ended {state} without finishing the run\n  log: {log}", job_id, log
+                )
             continue
         time.sleep(poll_s)
 
 
-def attach_or_submit(task: Task, opts: SlurmOptions, name: str, request: str,
-                     persistent: bool = False) -> tuple[str, int]:
+def attach_or_submit(
+    task: Task, opts: SlurmOptions, name: str, request: str, persistent: bool = False
+) -> tuple[str, int]:
     """Re-attach to this run's job when it is still queued or running (the same request); else submit,
     resuming from the run's checkpoint when an earlier job of the same request left one. A
     `persistent` folder (a DVC output kept between runs, `stage`) of another request is emptied first."""
@@ -269,8 +311,11 @@ def attach_or_submit(task: Task, opts: SlurmOptions, name: str, request: str,
         result = log_paths(task.out_dir / LOG_DIR, rec["job_id"]).result_pickle
         finished = rec.get("state") == "COMPLETED" and result.exists()
         if finished or (state is not None and state not in FINAL):  # its result, or the job that will write it
-            print(f"[slurm] re-attaching to job {rec['job_id']} ({state or rec.get('state')}); log: {rec.get('log')}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[slurm] re-attaching to job {rec['job_id']} ({state or rec.get('state')}); log: {rec.get('log')}",
+                file=sys.stderr,
+                flush=True,
+            )
             return rec["job_id"], int(rec.get("tasks", 1))
         task.resume = True  # resubmitted: continue from the checkpoint it left (if any)
     elif persistent:
@@ -280,8 +325,9 @@ def attach_or_submit(task: Task, opts: SlurmOptions, name: str, request: str,
     return submit(task, opts, name, request), opts.tasks
 
 
-def train(params: str | Path, experiment: str, out_dir: str | Path, sets: list[str], resume: bool,
-          opts: SlurmOptions) -> dict[str, Any]:
+def train(
+    params: str | Path, experiment: str, out_dir: str | Path, sets: list[str], resume: bool, opts: SlurmOptions
+) -> dict[str, Any]:
     """One fine-tuning run as a SLURM job (or the job already running it); its metrics."""
     from .. import config
 
@@ -309,8 +355,9 @@ class PretrainTask(Task):
         import torch
 
         state = self._state()
-        return int(torch.load(state, map_location="cpu", mmap=True, weights_only=False)["step"]) \
-            if state.is_file() else 0
+        return (
+            int(torch.load(state, map_location="cpu", mmap=True, weights_only=False)["step"]) if state.is_file() else 0
+        )
 
     def body(self, resume: bool) -> dict[str, Any]:
         import dataclasses
@@ -321,11 +368,17 @@ class PretrainTask(Task):
         return pretrain.run(self.method, self.images, self.out_path, cfg, ann_file=self.ann_file)
 
 
-def pretrain(method: str, images: str | Path, out_path: str | Path, cfg, ann_file: str | Path | None,
-             opts: SlurmOptions) -> dict[str, Any]:
+def pretrain(
+    method: str, images: str | Path, out_path: str | Path, cfg, ann_file: str | Path | None, opts: SlurmOptions
+) -> dict[str, Any]:
     """One local pre-training run as a one-task SLURM job (one GPU if the options have GPUs); its summary."""
-    task = PretrainTask(method, Path(images).resolve(), Path(out_path).resolve(), cfg,
-                        None if ann_file is None else Path(ann_file).resolve())
+    task = PretrainTask(
+        method,
+        Path(images).resolve(),
+        Path(out_path).resolve(),
+        cfg,
+        None if ann_file is None else Path(ann_file).resolve(),
+    )
     one = opts.replace(nodes=1, tasks_per_node=1, gpus_per_node=min(1, opts.gpus_per_node))
     request = hashlib.sha256(json.dumps([method, str(task.images), repr(cfg)], default=str).encode()).hexdigest()
     job_id, tasks = attach_or_submit(task, one, f"studylib-pretrain-{method}", request)

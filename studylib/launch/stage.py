@@ -6,6 +6,7 @@ checkpoint. That is safe only for the very same computation: `fingerprint` is DV
 stage (its command and the hashes of every dependency and param), recorded with the run and compared
 on the next start; any difference and the folder is emptied first, as DVC would have done.
 """
+
 from __future__ import annotations
 
 import hashlib

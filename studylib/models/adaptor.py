@@ -21,6 +21,7 @@ when distributed), "syncbn" (built directly), "gn" (GroupNorm, see `num_groups`)
 References: Li et al. 2021 §2.1; XCiT; detectron2 modeling/backbone/vit.py (SimpleFeaturePyramid);
 torchvision ops/feature_pyramid_network.py.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -77,8 +78,9 @@ class MultiScaleAdaptor(nn.Module):
         self.scale2 = _deconv(C, C)  # "without normalization and non-linearity"
         self.scale1 = nn.Identity()
         self.scale05 = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.fpn = FeaturePyramidNetwork([C] * 4, out_channels, extra_blocks=LastLevelMaxPool(),
-                                         norm_layer=make_norm_layer(norm))
+        self.fpn = FeaturePyramidNetwork(
+            [C] * 4, out_channels, extra_blocks=LastLevelMaxPool(), norm_layer=make_norm_layer(norm)
+        )
         self.out_channels = out_channels
         self.featmap_names = ["0", "1", "2", "3"]
         self.strides = {"0": p // 4, "1": p // 2, "2": p, "3": 2 * p, "pool": 4 * p}
@@ -95,8 +97,9 @@ class SingleScaleAdaptor(nn.Module):
     def __init__(self, vit: ViT, out_channels: int = 256, norm: str = "bn"):
         super().__init__()
         self.vit = vit
-        self.fpn = FeaturePyramidNetwork([vit.embed_dim], out_channels, extra_blocks=None,
-                                         norm_layer=make_norm_layer(norm))
+        self.fpn = FeaturePyramidNetwork(
+            [vit.embed_dim], out_channels, extra_blocks=None, norm_layer=make_norm_layer(norm)
+        )
         self.out_channels = out_channels
         self.featmap_names = ["0"]
         self.strides = {"0": vit.patch_size}
@@ -116,18 +119,23 @@ class SimpleFeaturePyramid(nn.Module):
             raise ValueError(f"the simple feature pyramid needs embed_dim divisible by 4, got {C}")
         norm_layer = make_norm_layer(norm)
         self.vit = vit
-        self.scales = nn.ModuleList([
-            nn.Sequential(_deconv(C, C // 2), LayerNorm2d(C // 2), nn.GELU(), _deconv(C // 2, C // 4)),
-            _deconv(C, C // 2),
-            nn.Identity(),
-            nn.MaxPool2d(kernel_size=2, stride=2),
-        ])
+        self.scales = nn.ModuleList(
+            [
+                nn.Sequential(_deconv(C, C // 2), LayerNorm2d(C // 2), nn.GELU(), _deconv(C // 2, C // 4)),
+                _deconv(C, C // 2),
+                nn.Identity(),
+                nn.MaxPool2d(kernel_size=2, stride=2),
+            ]
+        )
         self.lateral = nn.ModuleList(
             nn.Sequential(
                 Conv2dNormActivation(c, out_channels, kernel_size=1, norm_layer=norm_layer, activation_layer=None),
-                Conv2dNormActivation(out_channels, out_channels, kernel_size=3, norm_layer=norm_layer,
-                                     activation_layer=None))
-            for c in (C // 4, C // 2, C, C))
+                Conv2dNormActivation(
+                    out_channels, out_channels, kernel_size=3, norm_layer=norm_layer, activation_layer=None
+                ),
+            )
+            for c in (C // 4, C // 2, C, C)
+        )
         self.top_block = LastLevelMaxPool()
         self.out_channels = out_channels
         self.featmap_names = ["0", "1", "2", "3"]

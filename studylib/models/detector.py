@@ -18,6 +18,7 @@ The detector sees labels 1..K (0 is background); COCO category ids are mapped by
 References: torchvision models/detection/{mask_rcnn,faster_rcnn,transform}.py; detectron2
 configs/new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,10 +51,16 @@ CANONICAL_SCALE = 224  # FPN level assignment: a 224-px RoI goes to the stride-1
 class FixedSizeTransform(GeneralizedRCNNTransform):
     """Normalize, resize (inference only, longest side -> img_size) and pad to exactly img_size x img_size."""
 
-    def __init__(self, img_size: int, image_mean: Sequence[float] = IMAGENET_MEAN,
-                 image_std: Sequence[float] = IMAGENET_STD):
-        super().__init__(min_size=img_size, max_size=img_size, image_mean=list(image_mean),
-                         image_std=list(image_std), size_divisible=img_size)
+    def __init__(
+        self, img_size: int, image_mean: Sequence[float] = IMAGENET_MEAN, image_std: Sequence[float] = IMAGENET_STD
+    ):
+        super().__init__(
+            min_size=img_size,
+            max_size=img_size,
+            image_mean=list(image_mean),
+            image_std=list(image_std),
+            size_divisible=img_size,
+        )
         self.img_size = img_size
 
     def resized_size(self, h: int, w: int) -> tuple[int, int]:
@@ -65,12 +72,15 @@ class FixedSizeTransform(GeneralizedRCNNTransform):
         h, w = image.shape[-2:]
         if self.training:  # large-scale jitter already resized and cropped
             if h > self.img_size or w > self.img_size:
-                raise ValueError(f"training image of size {h}x{w} exceeds img_size={self.img_size}: "
-                                 f"apply large-scale jitter to {self.img_size}x{self.img_size} first")
+                raise ValueError(
+                    f"training image of size {h}x{w} exceeds img_size={self.img_size}: "
+                    f"apply large-scale jitter to {self.img_size}x{self.img_size} first"
+                )
             return image, target
         size = self.resized_size(h, w)
-        image, target = _resize_image_and_masks(image, self.img_size, self.img_size, target,
-                                                fixed_size=(size[1], size[0]))  # (width, height)
+        image, target = _resize_image_and_masks(
+            image, self.img_size, self.img_size, target, fixed_size=(size[1], size[0])
+        )  # (width, height)
         if target is not None:
             target["boxes"] = resize_boxes(target["boxes"], [h, w], list(size))
         return image, target
@@ -109,21 +119,44 @@ def roi_align(backbone: nn.Module, output_size: int, canonical_scale: int) -> Mu
         raise ValueError(f"backbone strides {backbone.strides} must be powers of 2 for RoIAlign")
     pool = MultiScaleRoIAlign(names, output_size, sampling_ratio=2)
     k_min, k_max = int(levels[0]), int(levels[-1])
-    pool.scales = [2.0 ** -k for k in levels]
+    pool.scales = [2.0**-k for k in levels]
     # the canonical level is the third of P2..P5 (stride 16 at patch 16); clamped for one level
-    pool.map_levels = initLevelMapper(k_min, k_max, canonical_scale=canonical_scale,
-                                      canonical_level=min(k_min + 2, k_max))
+    pool.map_levels = initLevelMapper(
+        k_min, k_max, canonical_scale=canonical_scale, canonical_level=min(k_min + 2, k_max)
+    )
     return pool
 
 
-_OWNED = ("min_size", "max_size", "image_mean", "image_std", "rpn_anchor_generator", "rpn_head", "box_roi_pool",
-          "box_head", "box_predictor", "mask_roi_pool", "mask_head", "mask_predictor", "box_batch_size_per_image")
+_OWNED = (
+    "min_size",
+    "max_size",
+    "image_mean",
+    "image_std",
+    "rpn_anchor_generator",
+    "rpn_head",
+    "box_roi_pool",
+    "box_head",
+    "box_predictor",
+    "mask_roi_pool",
+    "mask_head",
+    "mask_predictor",
+    "box_batch_size_per_image",
+)
 
 
-def build_mask_rcnn(backbone: nn.Module, num_classes: int, img_size: int, head_width: int = 256, fc_dim: int = 1024,
-                    norm: str = "bn", anchor_sizes: Sequence[Sequence[int]] | None = None,
-                    rois_per_image: int = 512, image_mean: Sequence[float] = IMAGENET_MEAN,
-                    image_std: Sequence[float] = IMAGENET_STD, **maskrcnn_kwargs) -> MaskRCNN:
+def build_mask_rcnn(
+    backbone: nn.Module,
+    num_classes: int,
+    img_size: int,
+    head_width: int = 256,
+    fc_dim: int = 1024,
+    norm: str = "bn",
+    anchor_sizes: Sequence[Sequence[int]] | None = None,
+    rois_per_image: int = 512,
+    image_mean: Sequence[float] = IMAGENET_MEAN,
+    image_std: Sequence[float] = IMAGENET_STD,
+    **maskrcnn_kwargs,
+) -> MaskRCNN:
     """Mask R-CNN with the paper's heads around `backbone` (from `build_adaptor` or `build_resnet_fpn_backbone`).
 
     Args:
@@ -141,8 +174,9 @@ def build_mask_rcnn(backbone: nn.Module, num_classes: int, img_size: int, head_w
         raise ValueError(f"num_classes={num_classes} must count the background too (K + 1 >= 2)")
     for attr in ("out_channels", "featmap_names", "strides"):
         if not hasattr(backbone, attr):
-            raise ValueError(f"backbone {type(backbone).__name__} lacks {attr!r}: use build_adaptor or "
-                             f"build_resnet_fpn_backbone")
+            raise ValueError(
+                f"backbone {type(backbone).__name__} lacks {attr!r}: use build_adaptor or build_resnet_fpn_backbone"
+            )
     clash = sorted(set(maskrcnn_kwargs) & set(_OWNED))
     if clash:
         raise ValueError(f"build_mask_rcnn sets {clash} itself; use its own arguments instead")
@@ -158,8 +192,12 @@ def build_mask_rcnn(backbone: nn.Module, num_classes: int, img_size: int, head_w
     C = backbone.out_channels
     canonical_scale = max(1, round(CANONICAL_SCALE * img_size / PAPER_IMG_SIZE))
     model = MaskRCNN(
-        backbone, num_classes=None, min_size=img_size, max_size=img_size,
-        image_mean=list(image_mean), image_std=list(image_std),
+        backbone,
+        num_classes=None,
+        min_size=img_size,
+        max_size=img_size,
+        image_mean=list(image_mean),
+        image_std=list(image_std),
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(C, anchors.num_anchors_per_location()[0], conv_depth=2),
         box_roi_pool=roi_align(backbone, 7, canonical_scale),
@@ -169,7 +207,8 @@ def build_mask_rcnn(backbone: nn.Module, num_classes: int, img_size: int, head_w
         mask_roi_pool=roi_align(backbone, 14, canonical_scale),
         mask_head=MaskRCNNHeads(C, [head_width] * 4, 1, norm_layer=norm_layer),
         mask_predictor=MaskRCNNPredictor(head_width, head_width, num_classes),
-        **maskrcnn_kwargs)
+        **maskrcnn_kwargs,
+    )
     model.transform = FixedSizeTransform(img_size, image_mean, image_std)
     return model
 
@@ -183,8 +222,14 @@ def build_resnet_fpn_backbone(depth: int = 50, norm: str = "bn", out_channels: i
         raise ValueError("ResNet norm 'none' is not supported; allowed: bn, syncbn, gn")
     norm_layer = make_norm_layer(norm)
     body = nets[depth](weights=None, norm_layer=norm_layer)
-    backbone = BackboneWithFPN(body, {f"layer{i}": str(i - 1) for i in range(1, 5)}, [256, 512, 1024, 2048],
-                               out_channels, extra_blocks=LastLevelMaxPool(), norm_layer=norm_layer)
+    backbone = BackboneWithFPN(
+        body,
+        {f"layer{i}": str(i - 1) for i in range(1, 5)},
+        [256, 512, 1024, 2048],
+        out_channels,
+        extra_blocks=LastLevelMaxPool(),
+        norm_layer=norm_layer,
+    )
     backbone.featmap_names = ["0", "1", "2", "3"]
     backbone.strides = {"0": 4, "1": 8, "2": 16, "3": 32, "pool": 64}
     return backbone

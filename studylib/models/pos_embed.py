@@ -7,6 +7,7 @@
 
 References: MAE util/pos_embed.py, BEiT modeling_finetune.py, timm layers/pos_embed.py.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +25,9 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int | tuple[int, int], cl
     if embed_dim % 4:
         raise ValueError(f"sin-cos embedding needs embed_dim divisible by 4, got {embed_dim}")
     ys, xs = np.meshgrid(np.arange(gh, dtype=np.float64), np.arange(gw, dtype=np.float64), indexing="ij")
-    emb = np.concatenate([_sincos_1d(embed_dim // 2, xs.reshape(-1)), _sincos_1d(embed_dim // 2, ys.reshape(-1))], axis=1)
+    emb = np.concatenate(
+        [_sincos_1d(embed_dim // 2, xs.reshape(-1)), _sincos_1d(embed_dim // 2, ys.reshape(-1))], axis=1
+    )
     if cls_token:
         emb = np.concatenate([np.zeros((1, embed_dim)), emb], axis=0)
     return emb.astype(np.float32)
@@ -36,8 +39,9 @@ def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
 
-def resize_abs_pos_embed(pos_embed: torch.Tensor, new_hw: tuple[int, int], num_prefix_tokens: int = 0,
-                         old_hw: tuple[int, int] | None = None) -> torch.Tensor:
+def resize_abs_pos_embed(
+    pos_embed: torch.Tensor, new_hw: tuple[int, int], num_prefix_tokens: int = 0, old_hw: tuple[int, int] | None = None
+) -> torch.Tensor:
     """Resize a (1, [prefix +] gh*gw, C) table to (1, H, W, C), dropping any class-token slot.
 
     Bicubic (align_corners=False, no antialiasing, as MAE, DeiT and detectron2's `get_abs_pos`),
@@ -45,14 +49,15 @@ def resize_abs_pos_embed(pos_embed: torch.Tensor, new_hw: tuple[int, int], num_p
     """
     n = pos_embed.shape[1] - num_prefix_tokens
     if old_hw is None:
-        side = int(round(n ** 0.5))
+        side = int(round(n**0.5))
         if side * side != n:
             raise ValueError(f"position table of {n} tokens is not a square grid; pass old_hw")
         old_hw = (side, side)
     grid = pos_embed[:, num_prefix_tokens:]
     if tuple(old_hw) != tuple(new_hw):
-        grid = resample_abs_pos_embed(grid, new_size=list(new_hw), old_size=list(old_hw), num_prefix_tokens=0,
-                                      antialias=False)  # timm's default antialias=True uses another cubic kernel
+        grid = resample_abs_pos_embed(
+            grid, new_size=list(new_hw), old_size=list(old_hw), num_prefix_tokens=0, antialias=False
+        )  # timm's default antialias=True uses another cubic kernel
     return grid.reshape(1, new_hw[0], new_hw[1], -1)
 
 

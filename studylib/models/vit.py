@@ -12,6 +12,7 @@ few renames. Disabled parts are `None` or `nn.Identity`.
 
 References: detectron2 modeling/backbone/vit.py, timm vision_transformer(_sam).py, BEiT.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,9 +64,14 @@ def window_unpartition(windows: torch.Tensor, r: int, padded_hw: tuple[int, int]
     return x[:, :H, :W].contiguous()
 
 
-def window_attn_mask(hw: tuple[int, int], r: int, batch: int, rel_bias: torch.Tensor | None = None,
-                     dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
-                     ) -> torch.Tensor | None:
+def window_attn_mask(
+    hw: tuple[int, int],
+    r: int,
+    batch: int,
+    rel_bias: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor | None:
     """The additive attention mask of windowed blocks on an h x w grid, or None when there is nothing to add.
 
     The (heads, r*r, r*r) relative bias, if any, plus -inf on the keys that are padding, so that
@@ -126,8 +132,16 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block; `window_size` 0 means global attention."""
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path: float = 0.0, layer_scale_init: float | None = None):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        layer_scale_init: float | None = None,
+    ):
         super().__init__()
         self.window_size = window_size
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
@@ -151,8 +165,10 @@ class Block(nn.Module):
             if attn_mask is None:
                 attn_mask = window_attn_mask((H, W), r, B, dtype=h.dtype, device=h.device)
             elif (H % r or W % r) and attn_mask.shape[0] != B * -(-H // r) * -(-W // r):
-                raise ValueError(f"windowed block on a {H}x{W} grid (r={r}) needs the padding mask of "
-                                 f"window_attn_mask, got a mask of shape {tuple(attn_mask.shape)}")
+                raise ValueError(
+                    f"windowed block on a {H}x{W} grid (r={r}) needs the padding mask of "
+                    f"window_attn_mask, got a mask of shape {tuple(attn_mask.shape)}"
+                )
             h, padded = window_partition(h, r)
             h = window_unpartition(self.attn(h, attn_mask), r, padded, (H, W))
         else:
@@ -180,12 +196,27 @@ class ViT(nn.Module):
         out_indices: blocks whose outputs `forward` returns (default: the end of each d/4 subset).
     """
 
-    def __init__(self, img_size: int = 1024, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
-                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 window_size: int = 14, global_blocks: Sequence[int] | None = None, use_abs_pos: bool = True,
-                 use_rel_pos: bool = True, layer_scale_init: float | None = None, drop_path_rate: float = 0.0,
-                 pretrain_img_size: int = 224, pretrain_use_cls_token: bool = True, use_checkpoint: bool = False,
-                 out_indices: Sequence[int] | None = None):
+    def __init__(
+        self,
+        img_size: int = 1024,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        window_size: int = 14,
+        global_blocks: Sequence[int] | None = None,
+        use_abs_pos: bool = True,
+        use_rel_pos: bool = True,
+        layer_scale_init: float | None = None,
+        drop_path_rate: float = 0.0,
+        pretrain_img_size: int = 224,
+        pretrain_use_cls_token: bool = True,
+        use_checkpoint: bool = False,
+        out_indices: Sequence[int] | None = None,
+    ):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
@@ -214,8 +245,14 @@ class ViT(nn.Module):
         self.grid = (img_size // patch_size,) * 2
         self.num_prefix_tokens = 1 if pretrain_use_cls_token else 0
 
-        self.patch_embed = PatchEmbed(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, img_size=None,
-                                      output_fmt="NHWC", strict_img_size=False)
+        self.patch_embed = PatchEmbed(
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            img_size=None,
+            output_fmt="NHWC",
+            strict_img_size=False,
+        )
         n_pos = self.pretrain_grid[0] * self.pretrain_grid[1] + self.num_prefix_tokens
         self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, embed_dim)) if use_abs_pos else None
         windowed = [i for i in range(depth) if i not in global_blocks]
@@ -223,9 +260,17 @@ class ViT(nn.Module):
         self.rel_pos_global = RelPosBias(self.grid, num_heads) if use_rel_pos and global_blocks else None
         dpr = [drop_path_rate * i / (depth - 1) for i in range(depth)]  # linear 0 -> rate (no tensor: meta-safe)
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, 0 if i in global_blocks else window_size, mlp_ratio, qkv_bias, dpr[i],
-                  layer_scale_init)
-            for i in range(depth))
+            Block(
+                embed_dim,
+                num_heads,
+                0 if i in global_blocks else window_size,
+                mlp_ratio,
+                qkv_bias,
+                dpr[i],
+                layer_scale_init,
+            )
+            for i in range(depth)
+        )
         self.init_weights()
 
     # -- initialization ----------------------------------------------------------------------------
@@ -239,8 +284,13 @@ class ViT(nn.Module):
 
     def reset_positional(self, abs_pos: str | None = None, rel_pos: str | None = None) -> None:
         """Re-initialize positional parameters: 'rand' (trunc-normal 0.02) or 'zero'; None leaves them."""
-        for mode, params in ((abs_pos, [self.pos_embed]),
-                             (rel_pos, [m.relative_position_bias_table for m in (self.rel_pos_window, self.rel_pos_global) if m is not None])):
+        for mode, params in (
+            (abs_pos, [self.pos_embed]),
+            (
+                rel_pos,
+                [m.relative_position_bias_table for m in (self.rel_pos_window, self.rel_pos_global) if m is not None],
+            ),
+        ):
             if mode is None:
                 continue
             if mode not in ("rand", "zero"):
@@ -255,7 +305,11 @@ class ViT(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay besides norms and biases."""
-        return {"pos_embed", "rel_pos_window.relative_position_bias_table", "rel_pos_global.relative_position_bias_table"}
+        return {
+            "pos_embed",
+            "rel_pos_window.relative_position_bias_table",
+            "rel_pos_global.relative_position_bias_table",
+        }
 
     # -- forward -----------------------------------------------------------------------------------
     def _embed(self, images: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ official checkpoints alike:
 - beit:       {'model': cls_token, mask_token, patch_embed, rel_pos_bias, blocks.i.{gamma_1, gamma_2,
                attn.q_bias, attn.v_bias, ...}, norm, lm_head} (+ `<stem>.tokenizer.pth`)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -25,8 +26,13 @@ from .config import METHODS, PretrainConfig
 __all__ = ["METHODS", "PretrainConfig", "run"]
 
 
-def run(method: str, image_dir: str | Path, out_path: str | Path, cfg: PretrainConfig | None = None,
-        ann_file: str | Path | None = None) -> dict[str, Any]:
+def run(
+    method: str,
+    image_dir: str | Path,
+    out_path: str | Path,
+    cfg: PretrainConfig | None = None,
+    ann_file: str | Path | None = None,
+) -> dict[str, Any]:
     """Pre-train `cfg.backbone` with `method` on the images under `image_dir`; return the run summary.
 
     `ann_file` (COCO instances JSON) is required by, and only used by, method 'supervised'.

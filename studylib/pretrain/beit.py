@@ -14,6 +14,7 @@ attn.qkv.weight, attn.q_bias, attn.v_bias, ...}, norm, lm_head}}.
 
 References: microsoft/unilm beit/modeling_pretrain.py, masking_generator.py, run_beit_pretraining.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,9 @@ from .config import PretrainConfig
 
 
 # -- blockwise masking -----------------------------------------------------------------------------
-def blockwise_mask(height: int, width: int, num_masking_patches: int, min_num_patches: int = 4,
-                   min_aspect: float = 0.3) -> torch.Tensor:
+def blockwise_mask(
+    height: int, width: int, num_masking_patches: int, min_num_patches: int = 4, min_aspect: float = 0.3
+) -> torch.Tensor:
     """(height, width) bool mask of about `num_masking_patches` patches, made of random rectangles.
 
     Each block has an area in [min_num_patches, remaining] and an aspect ratio log-uniform in
@@ -52,9 +54,9 @@ def blockwise_mask(height: int, width: int, num_masking_patches: int, min_num_pa
             if 0 < h < height and 0 < w < width:
                 top = int(torch.randint(0, height - h + 1, ()))
                 left = int(torch.randint(0, width - w + 1, ()))
-                new = h * w - int(mask[top:top + h, left:left + w].sum())
+                new = h * w - int(mask[top : top + h, left : left + w].sum())
                 if 0 < new <= remaining:
-                    mask[top:top + h, left:left + w] = True
+                    mask[top : top + h, left : left + w] = True
                     delta = new
                     break
         if delta == 0:
@@ -153,25 +155,49 @@ class MaskedView:
 
 def view_transform(cfg: PretrainConfig) -> v2.Transform:
     """BEiT's augmentation: color jitter 0.4, flip, random resized crop."""
-    return v2.Compose([v2.ColorJitter(0.4, 0.4, 0.4), v2.RandomHorizontalFlip(),
-                       v2.RandomResizedCrop(cfg.img_size, scale=(cfg.min_crop_scale, 1.0),
-                                            interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-                       normalize()])
+    return v2.Compose(
+        [
+            v2.ColorJitter(0.4, 0.4, 0.4),
+            v2.RandomHorizontalFlip(),
+            v2.RandomResizedCrop(
+                cfg.img_size,
+                scale=(cfg.min_crop_scale, 1.0),
+                interpolation=v2.InterpolationMode.BICUBIC,
+                antialias=True,
+            ),
+            normalize(),
+        ]
+    )
 
 
 def build(cfg: PretrainConfig, image_dir: str | Path, ann_file: str | Path | None = None) -> Task:
     enc = cfg.encoder_kwargs()
     grid = cfg.img_size // enc["patch_size"]
-    beit = Beit(img_size=cfg.img_size, patch_size=enc["patch_size"], embed_dim=enc["embed_dim"], depth=enc["depth"],
-                num_heads=enc["num_heads"], mlp_ratio=enc["mlp_ratio"], qkv_bias=True, num_classes=0,
-                global_pool="token", use_abs_pos_emb=False, use_rel_pos_bias=False, use_shared_rel_pos_bias=True,
-                init_values=cfg.layer_scale_init, drop_path_rate=cfg.drop_path_rate)
+    beit = Beit(
+        img_size=cfg.img_size,
+        patch_size=enc["patch_size"],
+        embed_dim=enc["embed_dim"],
+        depth=enc["depth"],
+        num_heads=enc["num_heads"],
+        mlp_ratio=enc["mlp_ratio"],
+        qkv_bias=True,
+        num_classes=0,
+        global_pool="token",
+        use_abs_pos_emb=False,
+        use_rel_pos_bias=False,
+        use_shared_rel_pos_bias=True,
+        init_values=cfg.layer_scale_init,
+        drop_path_rate=cfg.drop_path_rate,
+    )
     tokenizer = PatchKMeansTokenizer(cfg.num_tokens, enc["patch_size"])
     model = BEiTPretrain(beit, tokenizer)
     view = view_transform(cfg)
     dataset = ImageFolder(image_dir, MaskedView(view, grid, round(cfg.mask_ratio * grid * grid), cfg.min_mask_patches))
-    extra: dict = {"mask_ratio": cfg.mask_ratio, "num_tokens": cfg.num_tokens,
-                   "tokenizer": "k-means codebook over per-patch normalized pixels (substitutes the DALL-E dVAE)"}
+    extra: dict = {
+        "mask_ratio": cfg.mask_ratio,
+        "num_tokens": cfg.num_tokens,
+        "tokenizer": "k-means codebook over per-patch normalized pixels (substitutes the DALL-E dVAE)",
+    }
 
     def prepare() -> None:
         with torch.random.fork_rng():
@@ -185,10 +211,24 @@ def build(cfg: PretrainConfig, image_dir: str | Path, ann_file: str | Path | Non
 
     def write_extras(checkpoint: Path) -> dict[str, str]:
         path = checkpoint.with_name(checkpoint.name.removesuffix(checkpoint.suffix) + ".tokenizer.pth")
-        atomic_save({"codebook": tokenizer.codebook.clone(), "patch_size": enc["patch_size"],
-                     "img_size": cfg.img_size, "features": "ImageNet-normalized RGB, patchified (row, col, "
-                     "channel), then each patch to zero mean / unit variance"}, path)
+        atomic_save(
+            {
+                "codebook": tokenizer.codebook.clone(),
+                "patch_size": enc["patch_size"],
+                "img_size": cfg.img_size,
+                "features": "ImageNet-normalized RGB, patchified (row, col, "
+                "channel), then each patch to zero mean / unit variance",
+            },
+            path,
+        )
         return {"tokenizer_file": str(path)}
 
-    return Task(model, dataset, release, no_weight_decay=("*cls_token", "*mask_token", "*relative_position_bias_table"),
-                prepare=prepare, write_extras=write_extras, extra=extra)
+    return Task(
+        model,
+        dataset,
+        release,
+        no_weight_decay=("*cls_token", "*mask_token", "*relative_position_bias_table"),
+        prepare=prepare,
+        write_extras=write_extras,
+        extra=extra,
+    )

@@ -9,6 +9,7 @@ Files written next to `out_path` (say `mae.pth`): `mae.loss.csv` (step, loss, lr
 `mae.summary.json`, and while running `mae.resume.pth` (full model + optimizer + step, written
 atomically every `checkpoint_every` steps, removed when the run completes).
 """
+
 from __future__ import annotations
 
 import csv
@@ -50,7 +51,9 @@ def find_images(image_dir: str | Path) -> list[Path]:
 
 def normalize() -> v2.Transform:
     """uint8 -> float in [0, 1] -> ImageNet mean/std, as the originals (and the detector) do."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+    return v2.Compose(
+        [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)]
+    )
 
 
 class ImageFolder(Dataset):
@@ -118,8 +121,12 @@ class RunPaths:
     def of(cls, out_path: str | Path) -> "RunPaths":
         out = Path(out_path)
         stem = out.name[: -len(out.suffix)] if out.suffix else out.name
-        return cls(out, out.with_name(f"{stem}.resume.pth"), out.with_name(f"{stem}.loss.csv"),
-                   out.with_name(f"{stem}.summary.json"))
+        return cls(
+            out,
+            out.with_name(f"{stem}.resume.pth"),
+            out.with_name(f"{stem}.loss.csv"),
+            out.with_name(f"{stem}.summary.json"),
+        )
 
 
 def write_loss_log(path: Path, history: Sequence[tuple[int, float, float]]) -> None:
@@ -138,11 +145,11 @@ class Task:
     model: nn.Module
     dataset: Dataset
     release: Callable[[int, torch.optim.Optimizer], dict]  # (step, optimizer) -> official checkpoint dict
-    no_weight_decay: tuple[str, ...] = ()                    # fnmatch patterns of parameter names
+    no_weight_decay: tuple[str, ...] = ()  # fnmatch patterns of parameter names
     collate: Callable[[list], Any] = default_collate
-    prepare: Callable[[], None] | None = None                # fresh runs only (e.g. fit BEiT's tokenizer)
+    prepare: Callable[[], None] | None = None  # fresh runs only (e.g. fit BEiT's tokenizer)
     write_extras: Callable[[Path], dict[str, str]] | None = None  # sidecar files next to the checkpoint
-    extra: dict[str, Any] = field(default_factory=dict)      # goes into the summary
+    extra: dict[str, Any] = field(default_factory=dict)  # goes into the summary
 
 
 def _load_state(paths: RunPaths, method: str, cfg: PretrainConfig) -> dict:
@@ -180,8 +187,18 @@ def train(task: Task, cfg: PretrainConfig, method: str, out_path: str | Path) ->
     params = [p for g in groups for p in g["params"]]
 
     def save_state(step: int) -> None:
-        atomic_save({"method": method, "step": step, "config": cfg.result_dict(), "model": model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history}, paths.state)
+        atomic_save(
+            {
+                "method": method,
+                "step": step,
+                "config": cfg.result_dict(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "history": history,
+            },
+            paths.state,
+        )
         write_loss_log(paths.loss_log, history)
 
     model.train()
@@ -208,12 +225,23 @@ def train(task: Task, cfg: PretrainConfig, method: str, out_path: str | Path) ->
     done = end == cfg.steps
 
     summary: dict[str, Any] = {
-        "method": method, "backbone": cfg.backbone, "encoder": cfg.encoder_kwargs(), "img_size": cfg.img_size,
-        "steps": cfg.steps, "steps_done": end, "resumed_from": start, "complete": done,
-        "batch_size": cfg.batch_size, "seed": cfg.seed, "images": len(task.dataset),
-        "loss_start": _mean([h[1] for h in history[:10]]), "loss_end": _mean([h[1] for h in history[-10:]]),
-        "seconds": round(elapsed, 3), "steps_per_s": round((end - start) / elapsed, 4) if elapsed > 0 else None,
-        "loss_log": str(paths.loss_log), **task.extra,
+        "method": method,
+        "backbone": cfg.backbone,
+        "encoder": cfg.encoder_kwargs(),
+        "img_size": cfg.img_size,
+        "steps": cfg.steps,
+        "steps_done": end,
+        "resumed_from": start,
+        "complete": done,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "images": len(task.dataset),
+        "loss_start": _mean([h[1] for h in history[:10]]),
+        "loss_end": _mean([h[1] for h in history[-10:]]),
+        "seconds": round(elapsed, 3),
+        "steps_per_s": round((end - start) / elapsed, 4) if elapsed > 0 else None,
+        "loss_log": str(paths.loss_log),
+        **task.extra,
     }
     if done:
         atomic_save(task.release(end, optimizer), paths.checkpoint)

@@ -7,6 +7,7 @@ Release layout: `{'model': encoder}` (`save_decoder=True`: encoder + decoder, MA
 
 References: facebookresearch/mae models_mae.py, engine_pretrain.py.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -48,29 +49,52 @@ def sincos_parameter(dim: int, grid: int, row_first: bool = False) -> nn.Paramet
     """
     table = torch.from_numpy(get_2d_sincos_pos_embed(dim, grid, cls_token=True)).unsqueeze(0)
     if row_first:
-        table = torch.cat([table[..., dim // 2:], table[..., : dim // 2]], dim=-1)
+        table = torch.cat([table[..., dim // 2 :], table[..., : dim // 2]], dim=-1)
     return nn.Parameter(table, requires_grad=False)  # fixed sin-cos embedding
 
 
 class MaskedAutoencoder(nn.Module):
     """MAE with a timm ViT encoder (`self.encoder`) and a light transformer decoder."""
 
-    def __init__(self, img_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float,
-                 decoder_embed_dim: int, decoder_depth: int, decoder_num_heads: int, mask_ratio: float = 0.75,
-                 norm_pix_loss: bool = True, drop_path_rate: float = 0.0):
+    def __init__(
+        self,
+        img_size: int,
+        patch_size: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+        decoder_embed_dim: int,
+        decoder_depth: int,
+        decoder_num_heads: int,
+        mask_ratio: float = 0.75,
+        norm_pix_loss: bool = True,
+        drop_path_rate: float = 0.0,
+    ):
         super().__init__()
         self.patch_size, self.mask_ratio, self.norm_pix_loss = patch_size, mask_ratio, norm_pix_loss
         grid = img_size // patch_size
-        self.encoder = VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                                         num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, num_classes=0,
-                                         global_pool="token", norm_layer=LayerNorm, drop_path_rate=drop_path_rate)
+        self.encoder = VisionTransformer(
+            img_size=img_size,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=True,
+            num_classes=0,
+            global_pool="token",
+            norm_layer=LayerNorm,
+            drop_path_rate=drop_path_rate,
+        )
         self.encoder.pos_embed = sincos_parameter(embed_dim, grid)
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.decoder_pos_embed = sincos_parameter(decoder_embed_dim, grid)
         self.decoder_blocks = nn.ModuleList(
             Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm)
-            for _ in range(decoder_depth))
+            for _ in range(decoder_depth)
+        )
         self.decoder_norm = LayerNorm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * 3)
         self.initialize_weights()
@@ -131,20 +155,45 @@ class MaskedAutoencoder(nn.Module):
 
 def pretrain_transform(cfg: PretrainConfig) -> v2.Transform:
     """MAE's augmentation: random resized crop and horizontal flip only."""
-    return v2.Compose([v2.RandomResizedCrop(cfg.img_size, scale=(cfg.min_crop_scale, 1.0),
-                                            interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-                       v2.RandomHorizontalFlip(), normalize()])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(
+                cfg.img_size,
+                scale=(cfg.min_crop_scale, 1.0),
+                interpolation=v2.InterpolationMode.BICUBIC,
+                antialias=True,
+            ),
+            v2.RandomHorizontalFlip(),
+            normalize(),
+        ]
+    )
 
 
 def build(cfg: PretrainConfig, image_dir: str | Path, ann_file: str | Path | None = None) -> Task:
     enc = cfg.encoder_kwargs()
-    model = MaskedAutoencoder(cfg.img_size, enc["patch_size"], enc["embed_dim"], enc["depth"], enc["num_heads"],
-                              enc["mlp_ratio"], cfg.decoder_embed_dim, cfg.decoder_depth, cfg.decoder_num_heads,
-                              cfg.mask_ratio, cfg.norm_pix_loss, cfg.drop_path_rate)
+    model = MaskedAutoencoder(
+        cfg.img_size,
+        enc["patch_size"],
+        enc["embed_dim"],
+        enc["depth"],
+        enc["num_heads"],
+        enc["mlp_ratio"],
+        cfg.decoder_embed_dim,
+        cfg.decoder_depth,
+        cfg.decoder_num_heads,
+        cfg.mask_ratio,
+        cfg.norm_pix_loss,
+        cfg.drop_path_rate,
+    )
     dataset = ImageFolder(image_dir, pretrain_transform(cfg))
 
     def release(step: int, optimizer: torch.optim.Optimizer) -> dict:
         return {"model": model.release_state_dict(cfg.save_decoder)}
 
-    return Task(model, dataset, release, no_weight_decay=("*cls_token", "*mask_token", "*pos_embed"),
-                extra={"mask_ratio": cfg.mask_ratio, "decoder": [cfg.decoder_embed_dim, cfg.decoder_depth]})
+    return Task(
+        model,
+        dataset,
+        release,
+        no_weight_decay=("*cls_token", "*mask_token", "*pos_embed"),
+        extra={"mask_ratio": cfg.mask_ratio, "decoder": [cfg.decoder_embed_dim, cfg.decoder_depth]},
+    )

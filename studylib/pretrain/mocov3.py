@@ -10,6 +10,7 @@ Release layout (main_moco.py): {'epoch', 'arch', 'state_dict': {'module.base_enc
 
 References: facebookresearch/moco-v3 moco/builder.py, vits.py, main_moco.py.
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,13 +50,31 @@ def momentum_at(progress: float, base_m: float) -> float:
     return 1.0 - 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - base_m)
 
 
-def moco_vit(img_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float,
-             stop_grad_conv1: bool, drop_path_rate: float = 0.0) -> VisionTransformer:
+def moco_vit(
+    img_size: int,
+    patch_size: int,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    mlp_ratio: float,
+    stop_grad_conv1: bool,
+    drop_path_rate: float = 0.0,
+) -> VisionTransformer:
     """MoCo v3's ViT: timm's MoCo init, fixed sin-cos pos_embed, optionally frozen random patch embedding."""
-    vit = VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                            num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, num_classes=0,
-                            global_pool="token", norm_layer=partial(nn.LayerNorm, eps=1e-6),
-                            drop_path_rate=drop_path_rate, weight_init="skip")
+    vit = VisionTransformer(
+        img_size=img_size,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=mlp_ratio,
+        qkv_bias=True,
+        num_classes=0,
+        global_pool="token",
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        drop_path_rate=drop_path_rate,
+        weight_init="skip",
+    )
     named_apply(init_weights_vit_moco, vit)
     nn.init.normal_(vit.cls_token, std=1e-6)
     vit.pos_embed = sincos_parameter(embed_dim, img_size // patch_size, row_first=True)  # MoCo v3's order
@@ -73,8 +92,9 @@ def moco_vit(img_size: int, patch_size: int, embed_dim: int, depth: int, num_hea
 class MoCoV3(nn.Module):
     """Base encoder (+ projector head), momentum encoder, predictor; `forward((x1, x2), progress)` -> loss."""
 
-    def __init__(self, encoder: VisionTransformer, dim: int = 256, mlp_dim: int = 4096, T: float = 0.2,
-                 base_m: float = 0.99):
+    def __init__(
+        self, encoder: VisionTransformer, dim: int = 256, mlp_dim: int = 4096, T: float = 0.2, base_m: float = 0.99
+    ):
         super().__init__()
         self.T, self.base_m = T, base_m
         hidden = encoder.embed_dim
@@ -122,30 +142,48 @@ def pretrain_transform(cfg: PretrainConfig) -> TwoViews:
     blur_kernel = max(3, cfg.img_size // 10 * 2 + 1)  # ~10% of the side, odd
 
     def view(blur_p: float, solarize_p: float) -> v2.Transform:
-        return v2.Compose([
-            v2.RandomResizedCrop(cfg.img_size, scale=(cfg.min_crop_scale, 1.0), antialias=True),
-            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
-            v2.RandomApply([v2.GaussianBlur(blur_kernel, sigma=(0.1, 2.0))], p=blur_p),
-            v2.RandomSolarize(threshold=128, p=solarize_p),
-            v2.RandomHorizontalFlip(),
-            normalize(),
-        ])
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(cfg.img_size, scale=(cfg.min_crop_scale, 1.0), antialias=True),
+                v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                v2.RandomGrayscale(p=0.2),
+                v2.RandomApply([v2.GaussianBlur(blur_kernel, sigma=(0.1, 2.0))], p=blur_p),
+                v2.RandomSolarize(threshold=128, p=solarize_p),
+                v2.RandomHorizontalFlip(),
+                normalize(),
+            ]
+        )
 
     return TwoViews(view(1.0, 0.0), view(0.1, 0.2))
 
 
 def build(cfg: PretrainConfig, image_dir: str | Path, ann_file: str | Path | None = None) -> Task:
     enc = cfg.encoder_kwargs()
-    vit = moco_vit(cfg.img_size, enc["patch_size"], enc["embed_dim"], enc["depth"], enc["num_heads"],
-                   enc["mlp_ratio"], cfg.stop_grad_conv1, cfg.drop_path_rate)
+    vit = moco_vit(
+        cfg.img_size,
+        enc["patch_size"],
+        enc["embed_dim"],
+        enc["depth"],
+        enc["num_heads"],
+        enc["mlp_ratio"],
+        cfg.stop_grad_conv1,
+        cfg.drop_path_rate,
+    )
     model = MoCoV3(vit, cfg.moco_dim, cfg.moco_mlp_dim, cfg.moco_t, cfg.moco_m)
     dataset = ImageFolder(image_dir, pretrain_transform(cfg))
 
     def release(step: int, optimizer: torch.optim.Optimizer) -> dict:
-        return {"epoch": epochs_done(cfg, step, len(dataset)), "arch": cfg.backbone,
-                "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict()}
+        return {
+            "epoch": epochs_done(cfg, step, len(dataset)),
+            "arch": cfg.backbone,
+            "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+        }
 
-    return Task(model, dataset, release, no_weight_decay=("*cls_token", "*pos_embed"),
-                extra={"moco_t": cfg.moco_t, "moco_m": cfg.moco_m, "stop_grad_conv1": cfg.stop_grad_conv1})
+    return Task(
+        model,
+        dataset,
+        release,
+        no_weight_decay=("*cls_token", "*pos_embed"),
+        extra={"moco_t": cfg.moco_t, "moco_m": cfg.moco_m, "stop_grad_conv1": cfg.stop_grad_conv1},
+    )

@@ -10,6 +10,7 @@ smoothing (no RandAugment, mixup/cutmix or repeated augmentation).
 
 References: facebookresearch/deit main.py, datasets.py, models.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,12 @@ class ObjectCrops(Dataset):
     """
 
     def __init__(self, ann_file: str | Path, image_dir: str | Path, transform, context: float = 1.2):
-        self.ann_file, self.image_dir, self.transform, self.context = Path(ann_file), Path(image_dir), transform, context
+        self.ann_file, self.image_dir, self.transform, self.context = (
+            Path(ann_file),
+            Path(image_dir),
+            transform,
+            context,
+        )
         try:
             data = json.loads(self.ann_file.read_text())
         except (OSError, json.JSONDecodeError) as e:
@@ -60,8 +66,10 @@ class ObjectCrops(Dataset):
             if a["image_id"] not in files:
                 raise ValueError(f"annotation {a.get('id')} in {self.ann_file} names unknown image_id {a['image_id']}")
             if a["category_id"] not in label_of:
-                raise ValueError(f"annotation {a.get('id')} in {self.ann_file} has unknown category_id "
-                                 f"{a['category_id']}; allowed: {self.category_ids}")
+                raise ValueError(
+                    f"annotation {a.get('id')} in {self.ann_file} has unknown category_id "
+                    f"{a['category_id']}; allowed: {self.category_ids}"
+                )
             self.items.append((self.image_dir / files[a["image_id"]], (x, y, w, h), label_of[a["category_id"]]))
         if not self.items:
             raise ValueError(f"annotation file {self.ann_file} has no usable (non-crowd, >= 2 px) boxes")
@@ -83,7 +91,7 @@ class ObjectCrops(Dataset):
         cx, cy, s = x + w / 2, y + h / 2, self.context
         x0, x1 = max(0, int(cx - s * w / 2)), min(W, int(round(cx + s * w / 2)))
         y0, y1 = max(0, int(cy - s * h / 2)), min(H, int(round(cy + s * h / 2)))
-        return image[:, y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
+        return image[:, y0 : max(y1, y0 + 1), x0 : max(x1, x0 + 1)]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.crop(i)), self.items[i][2]
@@ -102,14 +110,20 @@ class Classifier(nn.Module):
 
 
 def pretrain_transform(cfg: PretrainConfig) -> v2.Transform:
-    return v2.Compose([
-        v2.RandomResizedCrop(cfg.img_size, scale=(cfg.min_crop_scale, 1.0),
-                             interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.ColorJitter(0.3, 0.3, 0.3),
-        normalize(),
-        v2.RandomErasing(p=0.25),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(
+                cfg.img_size,
+                scale=(cfg.min_crop_scale, 1.0),
+                interpolation=v2.InterpolationMode.BICUBIC,
+                antialias=True,
+            ),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(0.3, 0.3, 0.3),
+            normalize(),
+            v2.RandomErasing(p=0.25),
+        ]
+    )
 
 
 def build(cfg: PretrainConfig, image_dir: str | Path, ann_file: str | Path | None = None) -> Task:
@@ -117,16 +131,30 @@ def build(cfg: PretrainConfig, image_dir: str | Path, ann_file: str | Path | Non
         raise ValueError("method 'supervised' needs ann_file (a COCO-format instances JSON of labelled boxes)")
     dataset = ObjectCrops(ann_file, image_dir, pretrain_transform(cfg), cfg.crop_context)
     enc = cfg.encoder_kwargs()
-    vit = VisionTransformer(img_size=cfg.img_size, patch_size=enc["patch_size"], embed_dim=enc["embed_dim"],
-                            depth=enc["depth"], num_heads=enc["num_heads"], mlp_ratio=enc["mlp_ratio"], qkv_bias=True,
-                            num_classes=dataset.num_classes, global_pool="token",
-                            norm_layer=partial(nn.LayerNorm, eps=1e-6), drop_path_rate=cfg.drop_path_rate)
+    vit = VisionTransformer(
+        img_size=cfg.img_size,
+        patch_size=enc["patch_size"],
+        embed_dim=enc["embed_dim"],
+        depth=enc["depth"],
+        num_heads=enc["num_heads"],
+        mlp_ratio=enc["mlp_ratio"],
+        qkv_bias=True,
+        num_classes=dataset.num_classes,
+        global_pool="token",
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        drop_path_rate=cfg.drop_path_rate,
+    )
     model = Classifier(vit, cfg.label_smoothing)
 
     def release(step: int, optimizer: torch.optim.Optimizer) -> dict:
         return {"model": vit.state_dict()}
 
-    extra = {"ann_file": str(ann_file), "num_classes": dataset.num_classes, "crops": len(dataset),
-             "skipped_crowd": dataset.skipped_crowd, "skipped_small": dataset.skipped_small,
-             "classes": [dataset.class_names[c] for c in dataset.category_ids]}
+    extra = {
+        "ann_file": str(ann_file),
+        "num_classes": dataset.num_classes,
+        "crops": len(dataset),
+        "skipped_crowd": dataset.skipped_crowd,
+        "skipped_small": dataset.skipped_small,
+        "classes": [dataset.class_names[c] for c in dataset.category_ids],
+    }
     return Task(model, dataset, release, no_weight_decay=("*cls_token", "*pos_embed"), extra=extra)

@@ -7,6 +7,7 @@ naming its folder, never skipped. Values are as the runs wrote them (AP in [0, 1
 `tide` hold the mean over seeds with `<key>_std` (population std) and `n_seeds` beside them; each
 pre-trained init of `main` has `bbox/AP_vs_random`, its per-seed difference to random (`paired_vs_random`).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,21 @@ from . import study
 
 KEYS = ("main", "convergence", "multiscale", "attention", "positional", "pretrain_length", "tide", "complexity")
 TIDE_ERRORS = ("cls", "loc", "both", "dupe", "bkg", "miss")
-REPORTED = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl", "segm/AP", "segm/AP50",
-            "segm/AP75", "train/time_s", "train/iter_time_s", "train/peak_mem_gb", "infer/time_per_image_s")
+REPORTED = (
+    "bbox/AP",
+    "bbox/AP50",
+    "bbox/AP75",
+    "bbox/APs",
+    "bbox/APm",
+    "bbox/APl",
+    "segm/AP",
+    "segm/AP50",
+    "segm/AP75",
+    "train/time_s",
+    "train/iter_time_s",
+    "train/peak_mem_gb",
+    "infer/time_per_image_s",
+)
 
 
 def read_json(path: Path) -> Any:
@@ -109,8 +123,10 @@ def collect(params: str | Path | dict, root: str | Path = ".") -> dict[str, Any]
         table = {}
         for init in s["inits"]:
             rows = [m for r, m in by["main"].values() if r.init == init and r.tags["size"] == sz]
-            table[init] = {**mean_over_seeds([{k: v for k, v in m.items() if k != "tide"} for m in rows]),
-                           "epochs": rows[0]["epochs"]}
+            table[init] = {
+                **mean_over_seeds([{k: v for k, v in m.items() if k != "tide"} for m in rows]),
+                "epochs": rows[0]["epochs"],
+            }
             if sz == size and all("tide" in m for m in rows):
                 tide[init] = mean_over_seeds([m["tide"] for m in rows])
                 tide[init].pop("n_seeds")
@@ -120,15 +136,19 @@ def collect(params: str | Path | dict, root: str | Path = ".") -> dict[str, Any]
                 table[init]["bbox/AP_vs_random"] = paired_vs_random(runs, init)
         summary["main_by_size"][sz] = table
     summary["main"] = summary["main_by_size"][size]
-    summary["tide"] = {i: {e: t[e] for e in TIDE_ERRORS if e in t} | {f"{e}_std": t[f"{e}_std"] for e in TIDE_ERRORS
-                                                                       if f"{e}_std" in t} for i, t in tide.items()}
+    summary["tide"] = {
+        i: {e: t[e] for e in TIDE_ERRORS if e in t}
+        | {f"{e}_std": t[f"{e}_std"] for e in TIDE_ERRORS if f"{e}_std" in t}
+        for i, t in tide.items()
+    }
 
     # the seed-0 run of `main` at the first size: every ablation's default row
     first_seed = s["seeds"][0]
 
     def default(init: str) -> dict[str, Any]:
-        return next(m for r, m in by["main"].values()
-                    if r.init == init and r.tags["size"] == size and r.seed == first_seed)
+        return next(
+            m for r, m in by["main"].values() if r.init == init and r.tags["size"] == size and r.seed == first_seed
+        )
 
     # Figure 2: {init: {epochs: metrics}}; the 1x point is main's mean over seeds (with its std)
     conv: dict[str, dict[str, Any]] = {}
@@ -141,20 +161,25 @@ def collect(params: str | Path | dict, root: str | Path = ".") -> dict[str, Any]
     # Tables 2-4: ablation rows beside their defaults
     multiscale, attention, positional = {}, {}, {}
     for name, (r, m) in by["ablations"].items():
-        diff = changed(p, r.experiment, ("model.adaptor", "model.attention", "model.use_checkpoint",
-                                         "init.abs_pos", "init.rel_pos"))
+        diff = changed(
+            p,
+            r.experiment,
+            ("model.adaptor", "model.attention", "model.use_checkpoint", "init.abs_pos", "init.rel_pos"),
+        )
         if "model.adaptor" in diff:
             multiscale.setdefault(f"{r.init}/multiscale (default)", _row(default(r.init), adaptor="multiscale"))
             multiscale[name] = _row(m, adaptor=diff["model.adaptor"])
         if "model.attention" in diff or "model.use_checkpoint" in diff:
-            attention.setdefault(f"{r.init}/hybrid (default)", _row(default(r.init), attention="hybrid",
-                                                                     checkpointing=False))
+            attention.setdefault(
+                f"{r.init}/hybrid (default)", _row(default(r.init), attention="hybrid", checkpointing=False)
+            )
             cfg = config.load(p, r.experiment)
             attention[name] = _row(m, attention=cfg.model.attention, checkpointing=cfg.model.use_checkpoint)
         if "init.abs_pos" in diff or "init.rel_pos" in diff:
             d = default(r.init)
-            positional.setdefault(f"{r.init}/default", _row(d, init=r.init, abs_pos=d.get("abs_pos"),
-                                                            rel_pos=d.get("rel_pos")))
+            positional.setdefault(
+                f"{r.init}/default", _row(d, init=r.init, abs_pos=d.get("abs_pos"), rel_pos=d.get("rel_pos"))
+            )
             positional[name] = _row(m, init=r.init, abs_pos=m.get("abs_pos"), rel_pos=m.get("rel_pos"))
     summary["multiscale"], summary["attention"], summary["positional"] = multiscale, attention, positional
 
@@ -169,8 +194,11 @@ def collect(params: str | Path | dict, root: str | Path = ".") -> dict[str, Any]
     complexity = {}
     for name in s["complexity"]["experiments"]:
         c = read_json(root / study.RUN_DIRS["complexity"] / f"{name}.json")
-        runs = [(r, m) for r, m in (*by["main"].values(), *by["ablations"].values())
-                if r.experiment == name and m["status"] == "ok"]
+        runs = [
+            (r, m)
+            for r, m in (*by["main"].values(), *by["ablations"].values())
+            if r.experiment == name and m["status"] == "ok"
+        ]
         init = "mae" if any(r.init == "mae" for r, _ in runs) else (runs[0][0].init if runs else None)
         ap = [m for r, m in runs if r.init == init]  # the paper's Table 5: ViTs with MAE, CNNs from scratch
         c["init"] = init
@@ -187,8 +215,16 @@ def _point(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def _row(m: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    keep = ("status", "bbox/AP", "segm/AP", "train/time_s", "train/iter_time_s", "train/peak_mem_gb",
-            "infer/time_per_image_s", "run")
+    keep = (
+        "status",
+        "bbox/AP",
+        "segm/AP",
+        "train/time_s",
+        "train/iter_time_s",
+        "train/peak_mem_gb",
+        "infer/time_per_image_s",
+        "run",
+    )
     return {**fields, **{k: m[k] for k in keep if k in m}}
 
 

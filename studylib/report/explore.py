@@ -1,10 +1,11 @@
 """What notebooks/explore.ipynb reads from a finished study: nothing here trains or writes.
 
-    table = runs("params.yaml")                        # every study run with a metrics.json
-    chosen = select(table, inits=["mae"], seeds=[0])   # by initialization / experiment / seed
-    curves(chosen)                                     # dvclive's logs, long format
-    per_category(chosen), per_size(chosen), tide(chosen), config_diff(a, b)
+table = runs("params.yaml")                        # every study run with a metrics.json
+chosen = select(table, inits=["mae"], seeds=[0])   # by initialization / experiment / seed
+curves(chosen)                                     # dvclive's logs, long format
+per_category(chosen), per_size(chosen), tide(chosen), config_diff(a, b)
 """
+
 from __future__ import annotations
 
 import json
@@ -29,16 +30,30 @@ def runs(params: str | Path | dict, root: str | Path = ".") -> pd.DataFrame:
             path = Path(root) / r.out_dir / "metrics.json"
             if path.is_file():
                 m = json.loads(path.read_text())
-                rows.append({"family": family, "name": r.name, "experiment": r.experiment, "init": r.init,
-                             "seed": m.get("seed", r.seed), "run": r.out_dir,
-                             "bbox/AP": m.get("bbox/AP"), "segm/AP": m.get("segm/AP")})
+                rows.append(
+                    {
+                        "family": family,
+                        "name": r.name,
+                        "experiment": r.experiment,
+                        "init": r.init,
+                        "seed": m.get("seed", r.seed),
+                        "run": r.out_dir,
+                        "bbox/AP": m.get("bbox/AP"),
+                        "segm/AP": m.get("segm/AP"),
+                    }
+                )
     if not rows:
         raise ValueError(f"{Path(root).resolve()}: no study run has a metrics.json yet (dvc repro writes them)")
     return pd.DataFrame(rows)
 
 
-def select(table: pd.DataFrame, inits: Sequence[str] = (), experiments: Sequence[str] = (),
-           seeds: Sequence[int] = (), families: Sequence[str] = ()) -> pd.DataFrame:
+def select(
+    table: pd.DataFrame,
+    inits: Sequence[str] = (),
+    experiments: Sequence[str] = (),
+    seeds: Sequence[int] = (),
+    families: Sequence[str] = (),
+) -> pd.DataFrame:
     """The rows of `table` matching every non-empty list; a value no run has is an error naming the ones there."""
     keep = pd.Series(True, index=table.index)
     for column, wanted in (("init", inits), ("experiment", experiments), ("seed", seeds), ("family", families)):
@@ -47,11 +62,15 @@ def select(table: pd.DataFrame, inits: Sequence[str] = (), experiments: Sequence
         present = sorted(table[column].dropna().unique().tolist(), key=str)
         unknown = [w for w in wanted if w not in present]
         if unknown:
-            raise ValueError(f"{column} {', '.join(map(str, unknown))}: no finished run; {config.closest(unknown[0], present)}")
+            raise ValueError(
+                f"{column} {', '.join(map(str, unknown))}: no finished run; {config.closest(unknown[0], present)}"
+            )
         keep &= table[column].isin(list(wanted))
     if not keep.any():
-        raise ValueError(f"no finished run is all of inits={list(inits)}, experiments={list(experiments)}, "
-                         f"seeds={list(seeds)}, families={list(families)}")
+        raise ValueError(
+            f"no finished run is all of inits={list(inits)}, experiments={list(experiments)}, "
+            f"seeds={list(seeds)}, families={list(families)}"
+        )
     return table[keep].reset_index(drop=True)
 
 
@@ -86,7 +105,9 @@ def curves(chosen: pd.DataFrame, metrics: Sequence[str] = ("train/loss", "train/
                 raise ValueError(f"{tsv} is missing: the run logged no {metric} with dvclive")
             df = pd.read_csv(tsv, sep="\t")
             value = df.columns[-1]
-            frames.append(pd.DataFrame({"run": short(row["run"]), "metric": metric, "step": df["step"], "value": df[value]}))
+            frames.append(
+                pd.DataFrame({"run": short(row["run"]), "metric": metric, "step": df["step"], "value": df[value]})
+            )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -115,7 +136,9 @@ def per_size(chosen: pd.DataFrame) -> pd.DataFrame:
         m = json.loads((Path(row["run"]) / "metrics.json").read_text())
         for iou_type in ("bbox", "segm"):
             for size, key in AREAS.items():
-                rows.append({"run": short(row["run"]), "type": iou_type, "size": size, "AP": m.get(f"{iou_type}/{key}")})
+                rows.append(
+                    {"run": short(row["run"]), "type": iou_type, "size": size, "AP": m.get(f"{iou_type}/{key}")}
+                )
     return pd.DataFrame(rows)
 
 
@@ -134,5 +157,10 @@ def config_diff(run_a: str | Path, run_b: str | Path) -> pd.DataFrame:
     """The keys where two runs' resolved configs (config.yaml) differ: key, then each run's value."""
     a, b = run_config(run_a).flat(), run_config(run_b).flat()
     keys = [k for k in a.keys() | b.keys() if a.get(k) != b.get(k)]
-    return pd.DataFrame({"key": sorted(keys), str(run_a): [a.get(k) for k in sorted(keys)],
-                         str(run_b): [b.get(k) for k in sorted(keys)]}).set_index("key")
+    return pd.DataFrame(
+        {
+            "key": sorted(keys),
+            str(run_a): [a.get(k) for k in sorted(keys)],
+            str(run_b): [b.get(k) for k in sorted(keys)],
+        }
+    ).set_index("key")

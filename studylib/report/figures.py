@@ -3,6 +3,7 @@
 Also the drawing used by the notebooks: instances (boxes + masks) on an image, ground truth beside
 predictions, loss curves from a run's history.csv.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,20 +42,25 @@ LABEL_PX = 11  # label text height on the drawn picture
 MIN_SIDE = 384  # pictures are enlarged (nearest) to at least this side, so labels stay small beside 128² objects
 
 
-def draw_instances(image: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor | None = None,
-                   labels: Sequence[str] | None = None, min_side: int = MIN_SIDE) -> np.ndarray:
+def draw_instances(
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    masks: torch.Tensor | None = None,
+    labels: Sequence[str] | None = None,
+    min_side: int = MIN_SIDE,
+) -> np.ndarray:
     """An HWC uint8 picture of `image` (CHW in [0, 1]) with binary `masks` (N×H×W) drawn translucent, thin xyxy
     `boxes` and one label per instance outside its box (above it, or below when it touches the top edge)."""
     canvas = (image.clamp(0, 1) * 255).to(torch.uint8).cpu()
     # explicit colors: torchvision's default palette draws the first instance in black (0, 0, 0)
     colors = [PALETTE[i % len(PALETTE)] for i in range(max(len(boxes), len(masks) if masks is not None else 0))]
     if masks is not None and len(masks):
-        canvas = draw_segmentation_masks(canvas, masks.bool().cpu(), alpha=0.4, colors=colors[:len(masks)])
+        canvas = draw_segmentation_masks(canvas, masks.bool().cpu(), alpha=0.4, colors=colors[: len(masks)])
     scale = max(1, -(-min_side // min(canvas.shape[1:])))
     canvas = canvas.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
     boxes = boxes.cpu().float() * scale
     if len(boxes):
-        canvas = draw_bounding_boxes(canvas, boxes, width=1, colors=colors[:len(boxes)])
+        canvas = draw_bounding_boxes(canvas, boxes, width=1, colors=colors[: len(boxes)])
     picture = Image.fromarray(canvas.permute(1, 2, 0).numpy())
     for box, text, color in zip(boxes.tolist(), labels or [], colors):
         _label(ImageDraw.Draw(picture), box, text, color)
@@ -74,8 +80,9 @@ def _label(draw: ImageDraw.ImageDraw, box: list[float], text: str, color: tuple[
     draw.text((x + 2 - left, y + 1 - top), text, fill=ink, font=font)
 
 
-def image_grid(pictures: list[list[np.ndarray]], row_titles: Sequence[str], col_titles: Sequence[str],
-               cell: float = 2.2) -> plt.Figure:
+def image_grid(
+    pictures: list[list[np.ndarray]], row_titles: Sequence[str], col_titles: Sequence[str], cell: float = 2.2
+) -> plt.Figure:
     """Rows × columns of pictures with titles."""
     rows, cols = len(pictures), max(len(r) for r in pictures)
     fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, cell * rows), squeeze=False)
@@ -87,8 +94,9 @@ def image_grid(pictures: list[list[np.ndarray]], row_titles: Sequence[str], col_
                 ax.imshow(row[c])
             if r == 0 and c < len(col_titles):
                 ax.set_title(col_titles[c], fontsize=8)
-        axes[r][0].text(-0.05, 0.5, row_titles[r], transform=axes[r][0].transAxes, ha="right", va="center",
-                        fontsize=8, rotation=90)
+        axes[r][0].text(
+            -0.05, 0.5, row_titles[r], transform=axes[r][0].transAxes, ha="right", va="center", fontsize=8, rotation=90
+        )
     fig.tight_layout()
     return fig
 
@@ -97,8 +105,9 @@ def target_picture(image: torch.Tensor, target: dict, names: dict[int, str]) -> 
     return draw_instances(image, target["boxes"], target.get("masks"), [names[int(k)] for k in target["labels"]])
 
 
-def prediction_picture(image: torch.Tensor, output: dict, names: dict[int, str], score_thresh: float = 0.5,
-                       mask_thresh: float = 0.5) -> np.ndarray:
+def prediction_picture(
+    image: torch.Tensor, output: dict, names: dict[int, str], score_thresh: float = 0.5, mask_thresh: float = 0.5
+) -> np.ndarray:
     """Detections of a torchvision Mask R-CNN output (scores >= score_thresh) drawn on `image`."""
     keep = output["scores"] >= score_thresh
     masks = output["masks"][keep][:, 0] >= mask_thresh if "masks" in output else None
@@ -106,8 +115,9 @@ def prediction_picture(image: torch.Tensor, output: dict, names: dict[int, str],
     return draw_instances(image, output["boxes"][keep], masks, labels)
 
 
-def results_picture(image: torch.Tensor, results: list[dict], names: dict[int, str],
-                    score_thresh: float = 0.5) -> np.ndarray:
+def results_picture(
+    image: torch.Tensor, results: list[dict], names: dict[int, str], score_thresh: float = 0.5
+) -> np.ndarray:
     """COCO segm results of one image (RLE masks, xywh boxes, category ids) drawn on `image`."""
     from pycocotools import mask as mask_utils
 
@@ -150,9 +160,12 @@ def training_curves(histories: dict[str, str | Path]) -> plt.Figure:
 
 def convergence(summary: dict[str, Any], metric: str = "bbox/AP") -> plt.Figure:
     """Figure 2: AP against fine-tuning epochs, one line per initialization."""
-    rows = [{"init": init, "epochs": float(ep), "AP": 100 * m[metric]}
-            for init, points in summary["convergence"].items() for ep, m in points.items()
-            if m.get(metric) is not None]
+    rows = [
+        {"init": init, "epochs": float(ep), "AP": 100 * m[metric]}
+        for init, points in summary["convergence"].items()
+        for ep, m in points.items()
+        if m.get(metric) is not None
+    ]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     sns.lineplot(pd.DataFrame(rows), x="epochs", y="AP", hue="init", hue_order=_present(rows), marker="o", ax=ax)
     ax.set_xscale("log", base=2)
@@ -175,8 +188,12 @@ def pretrain_length(summary: dict[str, Any], metric: str = "bbox/AP") -> plt.Fig
 
 def tide(summary: dict[str, Any]) -> plt.Figure:
     """Figure 4: ΔAP box (IoU 0.5) per TIDE error type, bars per initialization."""
-    rows = [{"init": init, "error": err, "dAP": v} for init, errs in summary["tide"].items()
-            for err, v in errs.items() if not err.endswith("_std")]
+    rows = [
+        {"init": init, "error": err, "dAP": v}
+        for init, errs in summary["tide"].items()
+        for err, v in errs.items()
+        if not err.endswith("_std")
+    ]
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     sns.barplot(pd.DataFrame(rows), x="error", y="dAP", hue="init", hue_order=_present(rows), ax=ax)
     ax.set_ylabel("ΔAP box @ IoU 0.5")
@@ -192,8 +209,15 @@ def main_results(summary: dict[str, Any]) -> plt.Figure:
     colors = sns.color_palette(n_colors=2)
     for j, key in enumerate(("bbox/AP", "segm/AP")):
         m = [summary["main"][i] for i in inits]
-        ax.bar(x + (j - 0.5) * 0.38, [100 * r[key] for r in m], 0.38, yerr=[100 * r.get(f"{key}_std", 0.0) for r in m],
-               label=key, color=colors[j], capsize=2)
+        ax.bar(
+            x + (j - 0.5) * 0.38,
+            [100 * r[key] for r in m],
+            0.38,
+            yerr=[100 * r.get(f"{key}_std", 0.0) for r in m],
+            label=key,
+            color=colors[j],
+            capsize=2,
+        )
     ax.set_xticks(x, inits)
     ax.set_ylabel("AP ×100 (mean over seeds)")
     ax.legend()

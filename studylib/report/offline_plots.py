@@ -11,6 +11,7 @@ DVC has no offline switch, hence these few lines. The training curves dvclive lo
 (`runs/*/*/dvclive/plots/metrics/...`) compare across runs this way; the report also draws them
 with seaborn (results/figures/training_curves.png).
 """
+
 from __future__ import annotations
 
 import argparse

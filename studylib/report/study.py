@@ -11,6 +11,7 @@ dvc.yaml expands the same lists into stages; the names below are the folders tho
 `python -m studylib.report.study check [--params params.yaml] [--out FILE]` validates every
 experiment and every study run before any work starts (the `check` stage of dvc.yaml).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,26 @@ from typing import Any
 from .. import config
 
 FAMILIES = ("main", "convergence", "ablations", "pretrain_lengths", "complexity")
-STUDY_KEYS = ("inits", "sizes", "seeds", "epochs", "convergence", "ablations", "pretrain_lengths", "complexity",
-              "launch", "checkpoints", "pretrain")
-RUN_DIRS = {"main": "runs/main", "convergence": "runs/convergence", "ablations": "runs/ablations",
-            "pretrain_lengths": "runs/pretrain_length", "complexity": "runs/complexity"}
+STUDY_KEYS = (
+    "inits",
+    "sizes",
+    "seeds",
+    "epochs",
+    "convergence",
+    "ablations",
+    "pretrain_lengths",
+    "complexity",
+    "launch",
+    "checkpoints",
+    "pretrain",
+)
+RUN_DIRS = {
+    "main": "runs/main",
+    "convergence": "runs/convergence",
+    "ablations": "runs/ablations",
+    "pretrain_lengths": "runs/pretrain_length",
+    "complexity": "runs/complexity",
+}
 PRETRAIN_METHOD = {"supervised": "supervised", "mocov3": "mocov3", "beit": "beit", "mae": "mae"}
 
 
@@ -80,10 +97,17 @@ def study(params: str | Path | dict) -> dict:
         if not isinstance(s["epochs"].get(k), (int, float)) or s["epochs"][k] <= 0:
             raise ValueError(f"params: study.epochs.{k} = {s['epochs'].get(k)!r} must be a positive number")
     for name, item in (s["convergence"] or {}).items():
-        if not isinstance(item, dict) or set(item) != {"init", "schedule"} or not isinstance(
-                item["schedule"], (int, float)) or isinstance(item["schedule"], bool) or item["schedule"] <= 0:
-            raise ValueError(f"params: study.convergence.{name} = {item!r}: expected {{init: <init>, "
-                             f"schedule: a positive multiple of study.epochs}}")
+        if (
+            not isinstance(item, dict)
+            or set(item) != {"init", "schedule"}
+            or not isinstance(item["schedule"], (int, float))
+            or isinstance(item["schedule"], bool)
+            or item["schedule"] <= 0
+        ):
+            raise ValueError(
+                f"params: study.convergence.{name} = {item!r}: expected {{init: <init>, "
+                f"schedule: a positive multiple of study.epochs}}"
+            )
         inits([item["init"]], f"study.convergence.{name}.init")
     for name, item in (s["ablations"] or {}).items():
         if set(item) != {"experiment", "init"}:
@@ -92,8 +116,10 @@ def study(params: str | Path | dict) -> dict:
         inits([item["init"]], f"study.ablations.{name}.init")
     for name, item in (s["pretrain_lengths"] or {}).items():
         if set(item) != {"steps", "checkpoint"} or not isinstance(item["steps"], int) or item["steps"] < 1:
-            raise ValueError(f"params: study.pretrain_lengths.{name} = {item!r}: expected {{steps: int >= 1, "
-                             f"checkpoint: '' or a file}}")
+            raise ValueError(
+                f"params: study.pretrain_lengths.{name} = {item!r}: expected {{steps: int >= 1, "
+                f"checkpoint: '' or a file}}"
+            )
     for name in s["complexity"]["experiments"]:
         experiment(name, "study.complexity.experiments")
     _check_checkpoints(s, known)
@@ -114,16 +140,22 @@ def _check_checkpoints(s: dict, known: list[str]) -> None:
         release_entry(entry, f"study.checkpoints.{kind}")
     missing = [i for i in s["inits"] if i not in ckpts]
     if missing:
-        raise ValueError(f"params: study.checkpoints.{', study.checkpoints.'.join(missing)} missing: every init of "
-                         f"study.inits has an entry (null: pre-trained locally, or none for random)")
+        raise ValueError(
+            f"params: study.checkpoints.{', study.checkpoints.'.join(missing)} missing: every init of "
+            f"study.inits has an entry (null: pre-trained locally, or none for random)"
+        )
     user = [i for i in known if i not in config.INITS]
     for kind in user:
         if kind not in s["inits"]:
-            raise ValueError(f"params: recipes.{kind} defines an initialization that study.inits lacks: add it to "
-                             f"study.inits or take it out (python -m studylib.inits remove {kind})")
+            raise ValueError(
+                f"params: recipes.{kind} defines an initialization that study.inits lacks: add it to "
+                f"study.inits or take it out (python -m studylib.inits remove {kind})"
+            )
         if not release_entry(ckpts[kind], f"study.checkpoints.{kind}")[0]:
-            raise ValueError(f"params: study.checkpoints.{kind} is null: {kind!r} is not one of the paper's "
-                             f"initializations, so it has no local pre-training; name its file")
+            raise ValueError(
+                f"params: study.checkpoints.{kind} is null: {kind!r} is not one of the paper's "
+                f"initializations, so it has no local pre-training; name its file"
+            )
 
 
 def release_entry(entry: Any, where: str) -> tuple[str | dict[str, str] | None, str | None]:
@@ -137,11 +169,16 @@ def release_entry(entry: Any, where: str) -> tuple[str | dict[str, str] | None, 
         formats = config.vocabularies()["init.format"]
         if fmt is not None and fmt not in formats:
             raise ValueError(f"params: {where}.format = {fmt!r}; {config.closest(fmt, formats)}")
-    ok = entry is None or (isinstance(entry, str) and entry) or (
-        isinstance(entry, dict) and entry and all(isinstance(v, str) and v for v in entry.values()))
+    ok = (
+        entry is None
+        or (isinstance(entry, str) and entry)
+        or (isinstance(entry, dict) and entry and all(isinstance(v, str) and v for v in entry.values()))
+    )
     if not ok:
-        raise ValueError(f"params: {where} = {entry!r}: expected null, a file, {{size experiment: file}} "
-                         f"or {{file: ..., format: ...}}")
+        raise ValueError(
+            f"params: {where} = {entry!r}: expected null, a file, {{size experiment: file}} "
+            f"or {{file: ..., format: ...}}"
+        )
     return entry, fmt
 
 
@@ -191,8 +228,14 @@ def init_sets(params: str | Path | dict, init: str, checkpoint: str | Path | Non
     return sets
 
 
-def run_sets(params: str | Path | dict, init: str | None, experiment: str = "main", seed: int | None = None,
-             schedule: float | None = 1.0, checkpoint: str | None = None) -> list[str]:
+def run_sets(
+    params: str | Path | dict,
+    init: str | None,
+    experiment: str = "main",
+    seed: int | None = None,
+    schedule: float | None = 1.0,
+    checkpoint: str | None = None,
+) -> list[str]:
     """`--set` strings making a run of `experiment`; each argument left None (or "") keeps the experiment's own.
 
     init: init.kind (and a user init's format: `init_sets`), and init.checkpoint = the init stage's file for the

@@ -6,6 +6,7 @@
 AP values are shown ×100 with one decimal (± std over seeds where there are several); the paper's
 published numbers (published.yaml) stand in a column beside ours. The README includes the .md files.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -68,11 +69,19 @@ def main_table(summary: dict[str, Any], pub: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for init in init_order(summary["main"]):
         m = summary["main"][init]
-        rows.append({"init": init, "epochs": m.get("epochs"), "seeds": m.get("n_seeds"), "AP box": ap(m, "bbox/AP"),
-                     "AP mask": ap(m, "segm/AP"), "AP50 box": ap(m, "bbox/AP50"),
-                     "box vs random": paired(m, summary["main"].get("random")),
-                     "paper ViT-B (box / mask)": paper(pub["main"].get(init, {}).get("vit_base")),
-                     "paper ViT-L (box / mask)": paper(pub["main"].get(init, {}).get("vit_large"))})
+        rows.append(
+            {
+                "init": init,
+                "epochs": m.get("epochs"),
+                "seeds": m.get("n_seeds"),
+                "AP box": ap(m, "bbox/AP"),
+                "AP mask": ap(m, "segm/AP"),
+                "AP50 box": ap(m, "bbox/AP50"),
+                "box vs random": paired(m, summary["main"].get("random")),
+                "paper ViT-B (box / mask)": paper(pub["main"].get(init, {}).get("vit_base")),
+                "paper ViT-L (box / mask)": paper(pub["main"].get(init, {}).get("vit_large")),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -81,51 +90,89 @@ def convergence_table(summary: dict[str, Any], pub: dict[str, Any]) -> pd.DataFr
     for init, points in summary["convergence"].items():
         for epochs, m in points.items():
             ref = summary["convergence"].get("random", {}).get(epochs)
-            rows.append({"init": init, "epochs": float(epochs), "AP box": ap(m, "bbox/AP"), "AP mask": ap(m, "segm/AP"),
-                         "box vs random (same epochs)": vs_random(m, ref)})
+            rows.append(
+                {
+                    "init": init,
+                    "epochs": float(epochs),
+                    "AP box": ap(m, "bbox/AP"),
+                    "AP mask": ap(m, "segm/AP"),
+                    "box vs random (same epochs)": vs_random(m, ref),
+                }
+            )
     order = init_order(r["init"] for r in rows)
     rows.sort(key=lambda r: (order.index(r["init"]), r["epochs"]))
     for init, points in pub["convergence"].items():
         for epochs, v in points.items():
-            rows.append({"init": f"{init} (paper, ViT-B)", "epochs": float(epochs), "AP box": paper(v[0]),
-                         "AP mask": paper(v[1]), "box vs random (same epochs)": "–"})
+            rows.append(
+                {
+                    "init": f"{init} (paper, ViT-B)",
+                    "epochs": float(epochs),
+                    "AP box": paper(v[0]),
+                    "AP mask": paper(v[1]),
+                    "box vs random (same epochs)": "–",
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def ablation_table(rows: dict[str, dict[str, Any]], fields: tuple[str, ...]) -> pd.DataFrame:
     out = []
     for name, m in rows.items():
-        out.append({"run": name, **{f: m.get(f) for f in fields}, "AP box": ap(m, "bbox/AP"),
-                    "AP mask": ap(m, "segm/AP"), "train time (s)": num(m.get("train/time_s")),
-                    "time / iter (s)": num(m.get("train/iter_time_s")),
-                    "peak train mem (GB)": num(m.get("train/peak_mem_gb")),
-                    "infer time / image (s)": num(m.get("infer/time_per_image_s"))})
+        out.append(
+            {
+                "run": name,
+                **{f: m.get(f) for f in fields},
+                "AP box": ap(m, "bbox/AP"),
+                "AP mask": ap(m, "segm/AP"),
+                "train time (s)": num(m.get("train/time_s")),
+                "time / iter (s)": num(m.get("train/iter_time_s")),
+                "peak train mem (GB)": num(m.get("train/peak_mem_gb")),
+                "infer time / image (s)": num(m.get("infer/time_per_image_s")),
+            }
+        )
     return pd.DataFrame(out)
 
 
 def pretrain_length_table(summary: dict[str, Any], pub: dict[str, Any]) -> pd.DataFrame:
-    rows = [{"MAE pre-training": f"{k} steps" if k != "release" else "release file", "AP box": ap(m, "bbox/AP"),
-             "AP mask": ap(m, "segm/AP")} for k, m in summary["pretrain_length"].items()]
-    rows += [{"MAE pre-training": f"{k} epochs (paper, ViT-L)", "AP box": paper(v), "AP mask": "–"}
-             for k, v in pub["pretrain_length"].items()]
+    rows = [
+        {
+            "MAE pre-training": f"{k} steps" if k != "release" else "release file",
+            "AP box": ap(m, "bbox/AP"),
+            "AP mask": ap(m, "segm/AP"),
+        }
+        for k, m in summary["pretrain_length"].items()
+    ]
+    rows += [
+        {"MAE pre-training": f"{k} epochs (paper, ViT-L)", "AP box": paper(v), "AP mask": "–"}
+        for k, v in pub["pretrain_length"].items()
+    ]
     return pd.DataFrame(rows)
 
 
 def tide_table(summary: dict[str, Any]) -> pd.DataFrame:
-    rows = [{"init": init, **{e: f"{t[e]:.2f}" for e in ("cls", "loc", "both", "dupe", "bkg", "miss") if e in t}}
-            for init, t in summary["tide"].items()]
+    rows = [
+        {"init": init, **{e: f"{t[e]:.2f}" for e in ("cls", "loc", "both", "dupe", "bkg", "miss") if e in t}}
+        for init, t in summary["tide"].items()
+    ]
     return pd.DataFrame(rows)
 
 
 def complexity_table(summary: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for name, c in summary["complexity"].items():
-        rows.append({"experiment": name, "backbone": c["backbone"], "input": f"{c['img_size']}²",
-                     "params (M)": f"{c['params_m']:.1f}",
-                     "GFLOPs (mult-add = 2)": f"{c['gflops']:.1f} ± {c['gflops_std']:.1f}",
-                     "activations (M)": f"{c['activations_m']:.1f} ± {c['activations_m_std']:.1f}",
-                     "fps": f"{c['fps']:.2f}", "device": c["device"],
-                     "AP box": "no run" if c.get("bbox/AP") is None else f"{100 * c['bbox/AP']:.1f}"})
+        rows.append(
+            {
+                "experiment": name,
+                "backbone": c["backbone"],
+                "input": f"{c['img_size']}²",
+                "params (M)": f"{c['params_m']:.1f}",
+                "GFLOPs (mult-add = 2)": f"{c['gflops']:.1f} ± {c['gflops_std']:.1f}",
+                "activations (M)": f"{c['activations_m']:.1f} ± {c['activations_m_std']:.1f}",
+                "fps": f"{c['fps']:.2f}",
+                "device": c["device"],
+                "AP box": "no run" if c.get("bbox/AP") is None else f"{100 * c['bbox/AP']:.1f}",
+            }
+        )
     return pd.DataFrame(rows)
 
 
