@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 from torch.utils.data import Dataset, Subset
 
@@ -134,7 +135,8 @@ def build_model(cfg: ExperimentConfig, num_classes: int, out_dir: str | Path | N
     else:
         from ..checkpoints import load_pretrained
 
-        vit = build_backbone(m.backbone, **backbone_kwargs(cfg))
+        with torch.random.fork_rng(devices=[]):  # the ViT's draws leave the adaptor's and heads' unchanged:
+            vit = build_backbone(m.backbone, **backbone_kwargs(cfg))  # a seed's runs share them (paired)
         if cfg.init.kind == "random":
             report = load_pretrained(vit, None, "random", cfg.init.abs_pos, cfg.init.rel_pos)
         else:
