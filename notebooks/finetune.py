@@ -42,6 +42,7 @@ init = ""  # "": the experiment's init.kind; else random | supervised | mocov3 |
 checkpoint = ""  # "": the experiment's init.checkpoint (given `init`: the init stage's file)
 seed = -1  # -1: the experiment's train.seed
 schedule = -1.0  # -1: the experiment's train.epochs; > 0: study.epochs[pretrained|random] x schedule
+epochs = -1.0  # > 0: train.epochs itself (wins over schedule)
 out_dir = "runs/example"
 sets = []  # extra section.key=value overrides
 nproc_per_node = 1  # > 1 or nnodes > 1: torchrun (DDP)
@@ -56,6 +57,7 @@ run_sets = study.run_sets(
     None if seed < 0 else seed,
     schedule if schedule > 0 else None,
     checkpoint or None,
+    epochs if epochs > 0 else None,
 ) + list(sets)
 cfg = config.load(params_file, experiment, run_sets)  # bad params fail here, before any work
 resolved = {

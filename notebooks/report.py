@@ -55,7 +55,7 @@ figures.save(figures.convergence(summary), figs / "figure2_convergence.png")
 figures.save(figures.pretrain_length(summary), figs / "figure3_pretrain_length.png")
 figures.save(figures.tide(summary), figs / "figure4_tide.png")
 s = study.study(params_file)
-first = {i: f"runs/main/{i}-{s['sizes'][0]}-s{s['seeds'][0]}/history.csv" for i in s["inits"]}
+first = {i: f"{study.reference_run(params_file, i).out_dir}/history.csv" for i in s["inits"]}
 figures.save(figures.training_curves(first), figs / "training_curves.png")
 sorted(p.name for p in figs.glob("*.png"))
 
@@ -68,7 +68,7 @@ samples = [val[i] for i in range(min(num_images, len(val)))]
 pictures = [[figures.draw_instances(im, t["boxes"], t["masks"]) for im, t in samples]]
 rows = ["ground truth"]
 for init in s["inits"]:
-    run = Path(study.Run("main", f"{init}-{s['sizes'][0]}-s{s['seeds'][0]}", "", init).out_dir)
+    run = Path(study.reference_run(params_file, init).out_dir)
     results = json.loads((run / "coco_results_segm.json").read_text())
     pictures.append(
         [

@@ -199,17 +199,23 @@ def read_params(params: str | Path | dict) -> dict:
 
 
 def resolve(params: str | Path | dict, experiment: str, sets: list[str] | None = None) -> dict:
-    """baseline ⊕ scales[scale] ⊕ experiments[experiment] ⊕ `key=value` overrides, as plain data."""
+    """baseline ⊕ scales[scale] ⊕ experiments[experiment] ⊕ `key=value` overrides, as plain data.
+
+    `experiment` may join several with `+` (`vit_large+adaptor_single`: ViT-L's diff, then the ablation's).
+    """
     p = read_params(params)
     experiments = p.get("experiments") or {}
-    if experiment != "baseline" and experiment not in experiments:
-        raise ValueError(f"unknown experiment {experiment!r}; {closest(experiment, ['baseline', *experiments])}")
+    names = experiment.split("+")
+    for name in names:
+        if name != "baseline" and name not in experiments:
+            raise ValueError(f"unknown experiment {name!r}; {closest(name, ['baseline', *experiments])}")
     scale = p.get("scale")
     scales = p.get("scales") or {}
     if scale is not None and scale not in scales:
         raise ValueError(f"params key 'scale' = {scale!r}; {closest(scale, scales)}")
     merged = deep_merge(p["baseline"], scales.get(scale) if scale else None)
-    merged = deep_merge(merged, experiments.get(experiment))
+    for name in names:
+        merged = deep_merge(merged, experiments.get(name))
     for item in sets or []:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:

@@ -13,10 +13,10 @@ studylib.profile` does -- and prints the stages the next `dvc repro` runs:
     recipes.NAME: {lr, weight_decay}                   # the recipe of --recipe-like, --lr / --weight-decay
     study.inits: [..., NAME]                           # Table 1, Figure 4, the prediction grids
     study.checkpoints.NAME: {file: PATH or {size experiment: PATH}, format: F}   # auto: the detected one
-    study.convergence.NAME-x<s>: {init: NAME, schedule: s}   # Figure 2: the schedules --recipe-like has
 
-The same entries may be written by hand. A user initialization is fine-tuned with the pre-trained
-schedule (study.epochs.pretrained) and the paper's positional rule of its format; every stage of
+The same entries may be written by hand. A user initialization is fine-tuned at every length of the
+pre-trained sweep (study.epochs.pretrained x study.schedules: Table 1 takes its best, Figure 2 draws
+them all) with the paper's positional rule of its format; every stage of
 dvc.yaml reads only its own init's entries, so adding one to a finished study runs that init's
 stages and the report, nothing of the others.
 """
@@ -115,9 +115,6 @@ def _recipe(p: dict, like: str, lr: float | None, weight_decay: float | None) ->
     )
 
 
-def _schedule_name(name: str, schedule: Any) -> str:
-    return f"{name}-x{schedule}"
-
 
 def add(
     name: str,
@@ -160,9 +157,6 @@ def add(
     params["recipes"][name] = _recipe(params, like, lr, weight_decay)
     s["inits"].append(name)
     s["checkpoints"][name] = _flow(file=entry, format=used)
-    for item in list((s["convergence"] or {}).values()):
-        if item["init"] == like and _schedule_name(name, item["schedule"]) not in s["convergence"]:
-            s["convergence"][_schedule_name(name, item["schedule"])] = _flow(init=name, schedule=item["schedule"])
     buf = io.StringIO()
     y.dump(params, buf)
     text = buf.getvalue()
@@ -202,7 +196,7 @@ def remove(name: str, params_path: str | Path = "params.yaml", dry_run: bool = F
         s["inits"].remove(name)
     s["checkpoints"].pop(name, None)
     dropped = []
-    for family in ("convergence", "ablations"):
+    for family in ("ablations",):
         for key in [k for k, item in (s[family] or {}).items() if item["init"] == name]:
             del s[family][key]
             dropped.append(f"study.{family}.{key}")

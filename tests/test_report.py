@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,21 +56,23 @@ def fake_run(root: Path, run: study.Run, ap: float, epochs: float, status: str =
     )
 
 
-def fake_study(root: Path, params: dict, oom: str | None = None) -> dict[str, float]:
-    """Every run the params expect, with AP = f(init, seed); returns the expected main means."""
-    aps = {}
+def fake_ap(params: dict, run: study.Run, i: int = 0) -> float:
+    """AP = f(init, seed, length): pre-trained inits peak at their middle length, random rises to its longest."""
     s = params["study"]
-    for family, runs in study.runs(params).items():
+    rank = config.init_names(params).index(run.init)
+    if run.family in ("main", "paired"):
+        x = run.epochs / s["epochs"][study.kind_of(run.init)]
+        shape = 0.01 * x if run.init == "random" else -0.01 * (x - 2) ** 2
+        return 0.1 + 0.05 * rank + 0.02 * (run.seed or 0) + shape
+    return 0.1 + 0.05 * rank + 0.001 * i
+
+
+def fake_study(root: Path, params: dict, oom: str | None = None) -> None:
+    """Every run the params expect, with AP = `fake_ap`, and Table 5's counts."""
+    s = params["study"]
+    for runs in study.runs(params).values():
         for i, run in enumerate(runs):
-            ap = (
-                0.1
-                + 0.05 * config.init_names(params).index(run.init)
-                + 0.02 * (run.seed or 0)
-                + (0.001 * i if family != "main" else 0)
-            )
-            base = s["epochs"]["random" if run.init == "random" else "pretrained"]
-            fake_run(root, run, ap, base * run.schedule, "oom" if run.name == oom else "ok")
-            aps.setdefault((family, run.init), []).append(ap)
+            fake_run(root, run, fake_ap(params, run, i), run.epochs, "oom" if run.name == oom else "ok")
     for name in s["complexity"]["experiments"]:
         c = {
             "experiment": name,
@@ -84,37 +88,56 @@ def fake_study(root: Path, params: dict, oom: str | None = None) -> dict[str, fl
         }
         (root / "runs/complexity").mkdir(parents=True, exist_ok=True)
         (root / f"runs/complexity/{name}.json").write_text(json.dumps(c))
-    return {init: sum(v) / len(v) for (fam, init), v in aps.items() if fam == "main"}
 
 
 def test_collect_has_every_key_and_means_over_seeds(tmp_path: Path, micro_params: dict) -> None:
     params = copy.deepcopy(micro_params)
-    params["study"]["seeds"] = [0, 1, 2]
-    means = fake_study(tmp_path, params, oom="attn_global_ckpt")
+    params["study"]["seeds"] = [0, 2, 4]
+    params["study"]["paired"]["seeds"] = [1, 3]
+    fake_study(tmp_path, params, oom="attn_global_ckpt")
     summary = collect.collect(params, tmp_path)
     for key in collect.KEYS:
         assert key in summary, key
-    assert set(summary["main"]) == set(params["study"]["inits"])
+    s = params["study"]
+    assert set(summary["main"]) == set(s["inits"])
     for init, m in summary["main"].items():
-        assert m["bbox/AP"] == pytest.approx(means[init])
-        assert m["n_seeds"] == 3
-        assert m["bbox/AP_std"] == pytest.approx(0.02 * (2 / 3) ** 0.5)  # pstdev of {0, .02, .04}
+        # Table 1: the best schedule (pre-trained: the middle one, x2; random: its longest, x4)
+        x = 4 if init == "random" else 2
+        best = float(s["epochs"][study.kind_of(init)] * x)
+        assert m["epochs"] == best, init
+        seeds = [0, 2, 4] + ([1, 3] if init in s["paired"]["inits"] and best == s["paired"]["epochs"] else [])
+        want = [fake_ap(params, study.Run("main", "", "main", init, sd, best)) for sd in seeds]
+        assert m["bbox/AP"] == pytest.approx(np.mean(want)) and m["n_seeds"] == len(seeds)
+        assert m["bbox/AP_std"] == pytest.approx(np.std(want))
         assert m["train/iter_time_s"] is None  # NaN in metrics.json
-    # convergence: main's 1x point (its mean over the seeds, with the std) plus each schedule
-    mae = summary["convergence"]["mae"]
-    base = params["study"]["epochs"]["pretrained"]
-    schedules = [c["schedule"] for c in params["study"]["convergence"].values() if c["init"] == "mae"]
-    assert schedules and set(mae) == {str(float(base)), *(str(float(base * x)) for x in schedules)}
-    one_x = mae[str(float(base))]
-    assert one_x["bbox/AP"] == pytest.approx(means["mae"]) and one_x["n_seeds"] == 3
-    assert one_x["bbox/AP_std"] == pytest.approx(summary["main"]["mae"]["bbox/AP_std"])
+        assert set(m["schedules"]) == {collect.ekey(e) for e in study.sweep_epochs(s, init).values()}
+    # the paired difference at study.paired.epochs: mae has seeds 0 2 4 of the sweep and 1 3 of the paired stage
+    pair = summary["main"]["mae"]["bbox/AP_vs_random"]
+    assert pair["epochs"] == s["paired"]["epochs"] and pair["seeds"] == [0, 1, 2, 3, 4]
+    d = [
+        fake_ap(params, study.Run("main", "", "main", i, sd, s["paired"]["epochs"]))
+        for i in ("mae", "random")
+        for sd in range(5)
+    ]
+    diffs = np.array(d[:5]) - np.array(d[5:])
+    assert pair["mean"] == pytest.approx(diffs.mean()) and pair["ci95"][0] <= pair["mean"] <= pair["ci95"][1]
+    assert summary["main"]["beit"]["bbox/AP_vs_random"]["seeds"] == [0, 2, 4]  # beit: the sweep's seeds only
+    # Figure 2: every init at every length of its sweep, one shared grid, each point a mean with its seeds
+    conv = summary["convergence"]
+    for init in s["inits"]:
+        assert set(conv[init]) == {collect.ekey(e) for e in study.sweep_epochs(s, init).values()}
+        for point in conv[init].values():
+            assert {"bbox/AP", "bbox/AP_std", "segm/AP", "seeds"} <= set(point) and len(point["seeds"]) >= 3
+    assert set(conv["mae"]) < set(conv["random"])  # random reaches past the others' longest
     assert summary["attention"]["attn_global_ckpt"]["status"] == "oom"
     assert summary["attention"]["mae/hybrid (default)"]["attention"] == "hybrid"
+    ab = {r.name: r for r in study.runs(params)["ablations"]}["attn_global_ckpt"]
+    assert summary["attention"]["mae/hybrid (default)"]["epochs"] == ab.epochs  # the default at the same length
     assert summary["multiscale"]["adaptor_single"]["adaptor"] == "single"
     assert summary["positional"]["beit_abs_rand_rel_zero"]["abs_pos"] == "rand"
     assert set(summary["tide"]["mae"]) >= set(collect.TIDE_ERRORS)
-    assert summary["complexity"]["main"]["init"] == "mae"
-    assert summary["complexity"]["main"]["bbox/AP"] == pytest.approx(means["mae"])
+    weights = s["complexity"]["weights"]["main"]
+    assert summary["complexity"]["main"]["init"] == "mae" and summary["complexity"]["main"]["weights_run"] == weights
     json.dumps(summary, allow_nan=False)  # strict JSON: NaN became null
 
 
@@ -127,17 +150,31 @@ def test_collect_names_a_missing_run(tmp_path: Path, micro_params: dict) -> None
 
 
 def test_tables_show_oom_and_paper_columns(tmp_path: Path, micro_params: dict) -> None:
-    means = fake_study(tmp_path, micro_params, oom="attn_global_ckpt")
-    frames = tables.tables(collect.collect(micro_params, tmp_path))
+    fake_study(tmp_path, micro_params, oom="attn_global_ckpt")
+    summary = collect.collect(micro_params, tmp_path)
+    frames = tables.tables(summary)
     att = frames["table3_attention"].set_index("run")
     assert att.loc["attn_global_ckpt", "AP box"] == "OOM"
     main = frames["table1_main"].set_index("init")
     assert main.loc["mae", "paper ViT-B (box / mask)"] == "50.3 / 44.9"
-    d = 100 * (means["mae"] - means["random"])
-    assert main.loc["mae", "box vs random"] == f"{d:+.1f} ({'beats' if d > 0 else 'does not beat'} random)"
-    assert main.loc["random", "box vs random"] == "–"
-    assert tables.vs_random({"bbox/AP": 0.20}, {"bbox/AP": 0.25}) == "-5.0 (does not beat random)"
-    assert tables.vs_random({"bbox/AP": 0.31}, {"bbox/AP": 0.25}) == "+6.0 (beats random)"
+    col = f"box − random at {micro_params['study']['paired']['epochs']:g} epochs (paired, 95% CI)"
+    assert main.loc["random", col] == "–"
+    assert main.loc["mae", "best epochs"] == f"{summary['main']['mae']['epochs']:g}"
+    pair = summary["main"]["mae"]["bbox/AP_vs_random"]
+    assert main.loc["mae", col].startswith(f"{100 * pair['mean']:+.1f} [")
+    assert tables.paired({"bbox/AP_vs_random": {"mean": 0.02, "ci95": [0.01, 0.03], "seeds": [0, 1, 2]}}) == (
+        "+2.0 [+1.0, +3.0] (beats random; n = 3)"
+    )
+    assert "not separable" in tables.paired(
+        {"bbox/AP_vs_random": {"mean": 0.02, "ci95": [-0.01, 0.05], "seeds": [0, 1]}}
+    )
+    assert "below random" in tables.paired(
+        {"bbox/AP_vs_random": {"mean": -0.02, "ci95": [-0.03, -0.01], "seeds": [0, 1]}}
+    )
+    assert (
+        tables.paired({"bbox/AP_vs_random": {"mean": 0.02, "ci95": None, "seeds": [0]}}) == "+2.0 (n = 1: no interval)"
+    )
+    assert tables.vs_random({"bbox/AP": 0.20}, {"bbox/AP": 0.25}) == "-5.0"
     assert tables.vs_random({"bbox/AP": 0.31}, None) == "–"
     for name, df in frames.items():
         assert "nan" not in df.to_markdown(index=False), f"{name}: an empty cell shows as nan"
@@ -169,7 +206,13 @@ def test_published_numbers_name_their_sources() -> None:
 
 def test_study_rejects_bad_names(micro_params: dict) -> None:
     bad = copy.deepcopy(micro_params)
-    bad["study"]["ablations"]["x"] = {"experiment": "attn_windw_only", "init": "mae"}
+    bad["study"]["ablations"]["x"] = {
+        "experiment": "attn_windw_only",
+        "init": "mae",
+        "size": "main",
+        "schedule": 1,
+        "checkpoint": "",
+    }
     with pytest.raises(ValueError, match="did you mean attn_window_only"):
         study.check(bad)
     bad = copy.deepcopy(micro_params)
@@ -181,11 +224,32 @@ def test_study_rejects_bad_names(micro_params: dict) -> None:
     with pytest.raises(ValueError, match="study.seedz.*seeds"):
         study.check(bad)
     bad = copy.deepcopy(micro_params)
-    bad["study"]["convergence"]["x"] = {"init": "mea", "schedule": 2}
-    with pytest.raises(ValueError, match="study.convergence.x.init.*'mea'.*mae"):
+    bad["study"]["convergence"] = {}
+    with pytest.raises(ValueError, match="study.convergence.*schedule sweep now"):
         study.check(bad)
-    bad["study"]["convergence"]["x"] = {"init": "mae", "schedule": -1}
-    with pytest.raises(ValueError, match="study.convergence.x = .*positive multiple"):
+    bad = copy.deepcopy(micro_params)
+    bad["study"]["schedules"] = [1, -2]
+    with pytest.raises(ValueError, match="study.schedules = .*positive multiples"):
+        study.check(bad)
+    bad = copy.deepcopy(micro_params)
+    bad["study"]["paired"]["epochs"] = 0.3
+    with pytest.raises(ValueError, match="study.paired.epochs = 0.3 is not a length of random's sweep"):
+        study.check(bad)
+    bad = copy.deepcopy(micro_params)
+    bad["study"]["paired"]["seeds"] = [0]
+    with pytest.raises(ValueError, match=r"study.paired.seeds \[0\] are in study.seeds"):
+        study.check(bad)
+    bad = copy.deepcopy(micro_params)
+    bad["study"]["ablations"]["adaptor_single"]["size"] = "vit_large"
+    with pytest.raises(ValueError, match="adaptor_single.size = 'vit_large' is not one of study.sizes"):
+        study.check(bad)
+    bad = copy.deepcopy(micro_params)
+    bad["study"]["ablations"]["adaptor_single"]["schedule"] = 3
+    with pytest.raises(ValueError, match="ablations.adaptor_single: the sweep has no run of mae.*default row"):
+        study.check(bad)
+    bad = copy.deepcopy(micro_params)
+    bad["study"]["complexity"]["weights"] = {"main": "runs/main/mae-main-x9-s0"}
+    with pytest.raises(ValueError, match="weights.main = 'runs/main/mae-main-x9-s0' is not a run of the study"):
         study.check(bad)
     bad = copy.deepcopy(micro_params)
     bad["experiments"]["attn_global"]["model"]["attention"] = "globl"
@@ -195,8 +259,85 @@ def test_study_rejects_bad_names(micro_params: dict) -> None:
 
 def test_run_sets_follow_the_study(micro_params: dict) -> None:
     sets = study.run_sets(micro_params, "random", seed=3, schedule=2)
-    assert sets == ["init.kind=random", f"train.epochs={micro_params['study']['epochs']['random'] * 2}", "train.seed=3"]
+    assert sets == [
+        "init.kind=random",
+        f"train.epochs={micro_params['study']['epochs']['random'] * 2.0}",
+        "train.seed=3",
+    ]
     assert "init.checkpoint=inits/mae/checkpoint.pth" in study.run_sets(micro_params, "mae")
+    assert "train.epochs=7.0" in study.run_sets(micro_params, "mae", schedule=2, epochs=7)  # epochs win
+
+
+def test_experiments_compose_with_plus(micro_params: dict) -> None:
+    """`size+ablation`: the size's diff, then the ablation's (Tables 2-4 on ViT-L)."""
+    cfg = config.load(micro_params, "vit_large+adaptor_single")
+    assert (cfg.model.backbone, cfg.model.adaptor, cfg.model.drop_path) == ("vit_large", "single", 0.3)
+    with pytest.raises(ValueError, match="unknown experiment 'adaptor_singel'.*adaptor_single"):
+        config.load(micro_params, "vit_large+adaptor_singel")
+
+
+def plan_of(tmp_path: Path, name: str) -> list[dict]:
+    target = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", target)
+    if name != "embedded":
+        profile.apply(name, target, REPO / "profiles")
+    out = subprocess.run(
+        [sys.executable, "-m", "studylib.report.study", "plan", "--params", str(target), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
+    return json.loads(out)["runs"]
+
+
+def test_plan_of_the_paper_profile_is_the_papers_design(tmp_path: Path) -> None:
+    rows = plan_of(tmp_path, "paper")
+    assert all(set(r) >= {"stage", "tables", "experiment", "backbone", "init", "epochs", "seed"} for r in rows)
+    sweep = [r for r in rows if "table1" in r["tables"] and r["stage"] in ("main", "longer")]
+    for backbone in ("vit_base", "vit_large"):
+        for init in ("random", "supervised", "mocov3", "beit", "mae"):
+            got = sorted(r["epochs"] for r in sweep if r["backbone"] == backbone and r["init"] == init)
+            assert got == ([50, 100, 200, 400] if init == "random" else [25, 50, 100]), (backbone, init, got)
+            assert all("figure2" in r["tables"] for r in sweep)
+
+    def table(t: str) -> list[dict]:
+        return [r for r in rows if t in r["tables"] and r["stage"] not in ("main", "longer")]
+
+    assert sorted((r["backbone"], r["init"], r["epochs"]) for r in table("table2")) == [
+        ("vit_base", "mae", 50),
+        ("vit_large", "mae", 50),
+    ]
+    assert [(r["backbone"], r["init"], r["epochs"]) for r in table("table3")] == [("vit_large", "mae", 50)] * 3
+    t4 = table("table4")
+    assert sorted(r["init"] for r in t4) == ["beit", "beit", "mae"] and {r["epochs"] for r in t4} == {50}
+    assert any(r["init"] == "beit" and r["checkpoint"] for r in t4)  # BEiT†: its own file
+    assert all(r["backbone"] == "vit_large" for r in t4)
+    f3 = table("figure3")
+    assert len(f3) >= 2 and {(r["backbone"], r["init"], r["epochs"]) for r in f3} == {("vit_large", "mae", 50)}
+    t5 = [r for r in rows if r["stage"] == "complexity"]
+    assert {r["backbone"] for r in t5} == {"vit_base", "vit_large", "resnet101"}
+    assert all(r["checkpoint"] for r in t5)  # counted on trained models
+    r101 = next(r for r in rows if r["stage"] == "ablation" and r["backbone"] == "resnet101")
+    assert r101["init"] == "random" and r101["epochs"] == 400 and r101["tables"] == ["table5"]
+
+
+def test_plan_of_the_embedded_profile_sweeps_every_init(tmp_path: Path) -> None:
+    rows = plan_of(tmp_path, "embedded")
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    sweep = [r for r in rows if r["stage"] in ("main", "longer")]
+    lengths = {}
+    for r in sweep:
+        lengths.setdefault(r["init"], set()).add(r["epochs"])
+        assert sorted(x["seed"] for x in sweep if (x["init"], x["epochs"]) == (r["init"], r["epochs"])) == sorted(
+            p["study"]["seeds"]
+        )
+    shared = set.intersection(*lengths.values())
+    assert all(len(v) >= 3 for v in lengths.values()) and len(lengths["random"]) >= 4
+    assert max(lengths["random"]) > max(max(v) for i, v in lengths.items() if i != "random")
+    assert all(lengths[i] == shared for i in lengths if i != "random")  # one shared grid
+    paired = [r for r in rows if r["stage"] == "paired"]
+    assert {r["init"] for r in paired} == {"random", "mae"} and {r["epochs"] for r in paired} <= shared
 
 
 def test_profile_keeps_comments_and_validates(tmp_path: Path) -> None:

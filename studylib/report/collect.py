@@ -3,9 +3,14 @@
     summary = collect("params.yaml", root=".")
 
 Only the runs the params expect are read (`study.runs`); a missing or incomplete run is an error
-naming its folder, never skipped. Values are as the runs wrote them (AP in [0, 1]); `main` and
-`tide` hold the mean over seeds with `<key>_std` (population std) and `n_seeds` beside them; each
-pre-trained init of `main` has `bbox/AP_vs_random`, its per-seed difference to random (`paired_vs_random`).
+naming its folder, never skipped. Values are as the runs wrote them (AP in [0, 1]).
+
+- `main[init]` (Table 1): the mean over seeds of the init's best schedule (`epochs`: which, the paper's
+  rule), `<key>_std` (population std), `n_seeds`, `schedules` (every length's mean box AP) and
+  `bbox/AP_vs_random` = {mean, ci95, seeds, epochs}: the per-seed difference to random at
+  study.paired.epochs, where every init has runs of equal length (`paired_vs_random`).
+- `convergence[init][epochs]` (Figure 2): {bbox/AP, bbox/AP_std, segm/AP, seeds, ...} on the sweep's grid.
+- `tide` (Figure 4): TIDE of each init's Table 1 runs. `*_by_size`: the same per size experiment.
 """
 
 from __future__ import annotations
@@ -106,107 +111,146 @@ def changed(params: dict, experiment: str, keys: tuple[str, ...]) -> dict[str, A
     return {k: exp[k] for k in keys if exp[k] != base[k]}
 
 
+def ekey(epochs: float) -> str:
+    """summary.json's key of a fine-tuning length: 8.0 -> "8", 0.5 -> "0.5"."""
+    return f"{float(epochs):g}"
+
+
+def _ap(m: dict[str, Any]) -> float:
+    v = m.get("bbox/AP")
+    return float("-inf") if v is None else v
+
+
+def sweep_points(rows: list[tuple[study.Run, dict[str, Any]]]) -> dict[str, dict[float, list[dict[str, Any]]]]:
+    """{init: {epochs: [metrics with seed, ...]}} of Table 1's runs (the sweep's and the paired ones)."""
+    out: dict[str, dict[float, list[dict[str, Any]]]] = {}
+    for r, m in rows:
+        out.setdefault(r.init, {}).setdefault(r.epochs, []).append(m | {"seed": r.seed})
+    return out
+
+
+def convergence_point(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Figure 2's point: mean over seeds of box and mask AP, with the spread and the seeds."""
+    ok = [m for m in rows if m.get("bbox/AP") is not None]
+    point = _point(mean_over_seeds([{k: v for k, v in m.items() if k != "tide"} for m in ok])) if ok else {}
+    point.setdefault("bbox/AP", None)
+    point.setdefault("bbox/AP_std", None)
+    point.setdefault("segm/AP", None)
+    return point | {"seeds": sorted(m["seed"] for m in ok), "n_seeds": len(ok)}
+
+
+def best_schedule(points: dict[float, list[dict[str, Any]]]) -> tuple[float, dict[str, Any]]:
+    """The paper's Table 1 rule: the schedule with the highest mean box AP, and that mean's row."""
+    means = {
+        e: mean_over_seeds([{k: v for k, v in m.items() if k != "tide"} for m in rows]) for e, rows in points.items()
+    }
+    best = max(sorted(means), key=lambda e: _ap(means[e]))
+    return best, means[best]
+
+
+def table1(points: dict[str, dict[float, list[dict[str, Any]]]], inits: list[str], paired_epochs: float) -> dict:
+    """Table 1 of one size: per init its best schedule's mean (`epochs`: which), every schedule's box AP,
+    and the paired difference to random at `paired_epochs` (`bbox/AP_vs_random`, with its `epochs`)."""
+    table = {}
+    for init in inits:
+        best, row = best_schedule(points[init])
+        table[init] = {
+            **row,
+            "epochs": best,
+            "schedules": {ekey(e): mean_over_seeds(rows).get("bbox/AP") for e, rows in sorted(points[init].items())},
+        }
+    at = float(paired_epochs)
+    pairs = [m | {"init": i} for i in inits for m in points[i].get(at, [])]
+    for init in inits:
+        if init != "random" and "random" in points:
+            table[init]["bbox/AP_vs_random"] = paired_vs_random(pairs, init) | {"epochs": at}
+    return table
+
+
 def collect(params: str | Path | dict, root: str | Path = ".") -> dict[str, Any]:
     """The summary of the runs under `root` that `params` (a file relative to root, or a dict) expects."""
     root = Path(root)
     p = config.read_params(params if isinstance(params, dict) else root / params)
     s = study.study(p)
     plan = study.runs(p)
-    by = {f: {r.name: (r, read_run(root, r)) for r in runs} for f, runs in plan.items()}
+    by = {f: {r.out_dir: (r, read_run(root, r)) for r in runs} for f, runs in plan.items()}
     size = s["sizes"][0]
     summary: dict[str, Any] = {"scale": p.get("scale"), "sizes": list(s["sizes"])}
 
-    # Table 1 and Figure 4: mean over seeds per init (per size in main_by_size)
-    summary["main_by_size"] = {}
-    tide: dict[str, Any] = {}
+    # Table 1, Figure 2 and Figure 4, per size: the sweep (and the paired seeds) by init and length
+    summary["main_by_size"], summary["convergence_by_size"], tide = {}, {}, {}
     for sz in s["sizes"]:
-        table = {}
-        for init in s["inits"]:
-            rows = [m for r, m in by["main"].values() if r.init == init and r.tags["size"] == sz]
-            table[init] = {
-                **mean_over_seeds([{k: v for k, v in m.items() if k != "tide"} for m in rows]),
-                "epochs": rows[0]["epochs"],
-            }
-            if sz == size and all("tide" in m for m in rows):
-                tide[init] = mean_over_seeds([m["tide"] for m in rows])
-                tide[init].pop("n_seeds")
-        for init in table:
-            if init != "random" and "random" in table:
-                runs = [m | {"seed": r.seed} for r, m in by["main"].values() if r.tags["size"] == sz]
-                table[init]["bbox/AP_vs_random"] = paired_vs_random(runs, init)
-        summary["main_by_size"][sz] = table
+        rows = [(r, m) for r, m in (*by["main"].values(), *by["paired"].values()) if r.size == sz]
+        points = sweep_points(rows)
+        summary["main_by_size"][sz] = table1(points, s["inits"], s["paired"]["epochs"])
+        summary["convergence_by_size"][sz] = {
+            init: {ekey(e): convergence_point(points[init][e]) for e in sorted(points[init])} for init in s["inits"]
+        }
+        if sz == size:  # Figure 4: TIDE of each init's Table 1 runs (its best schedule)
+            for init in s["inits"]:
+                best = [m["tide"] for m in points[init][summary["main_by_size"][sz][init]["epochs"]] if "tide" in m]
+                if best:
+                    tide[init] = mean_over_seeds(best)
+                    tide[init].pop("n_seeds")
     summary["main"] = summary["main_by_size"][size]
+    summary["convergence"] = summary["convergence_by_size"][size]
     summary["tide"] = {
         i: {e: t[e] for e in TIDE_ERRORS if e in t}
         | {f"{e}_std": t[f"{e}_std"] for e in TIDE_ERRORS if f"{e}_std" in t}
         for i, t in tide.items()
     }
 
-    # the seed-0 run of `main` at the first size: every ablation's default row
-    first_seed = s["seeds"][0]
+    def default(init: str, sz: str, epochs: float) -> dict[str, Any]:
+        """The ablations' default row: the sweep run of `init` at `sz` and `epochs`, first seed."""
+        return by["main"][study.sweep_run(p, init, sz, epochs).out_dir][1]
 
-    def default(init: str) -> dict[str, Any]:
-        return next(
-            m for r, m in by["main"].values() if r.init == init and r.tags["size"] == size and r.seed == first_seed
-        )
+    def label(r: study.Run, text: str) -> str:
+        return f"{r.init}/{text}" if r.size == size else f"{r.size}/{r.init}/{text}"
 
-    # Figure 2: {init: {epochs: metrics}}; the 1x point is main's mean over seeds (with its std)
-    conv: dict[str, dict[str, Any]] = {}
-    for init in s["inits"]:
-        conv.setdefault(init, {})[str(summary["main"][init]["epochs"])] = _point(summary["main"][init])
-    for r, m in by["convergence"].values():
-        conv.setdefault(r.init, {})[str(m["epochs"])] = _point(m)
-    summary["convergence"] = {i: dict(sorted(pts.items(), key=lambda kv: float(kv[0]))) for i, pts in conv.items()}
-
-    # Tables 2-4: ablation rows beside their defaults
+    # Tables 2-4: ablation rows beside their defaults (same init, size and length)
     multiscale, attention, positional = {}, {}, {}
-    for name, (r, m) in by["ablations"].items():
-        diff = changed(
-            p,
-            r.experiment,
-            ("model.adaptor", "model.attention", "model.use_checkpoint", "init.abs_pos", "init.rel_pos"),
-        )
-        if "model.adaptor" in diff:
-            multiscale.setdefault(f"{r.init}/multiscale (default)", _row(default(r.init), adaptor="multiscale"))
-            multiscale[name] = _row(m, adaptor=diff["model.adaptor"])
-        if "model.attention" in diff or "model.use_checkpoint" in diff:
-            attention.setdefault(
-                f"{r.init}/hybrid (default)", _row(default(r.init), attention="hybrid", checkpointing=False)
-            )
-            cfg = config.load(p, r.experiment)
-            attention[name] = _row(m, attention=cfg.model.attention, checkpointing=cfg.model.use_checkpoint)
-        if "init.abs_pos" in diff or "init.rel_pos" in diff:
-            d = default(r.init)
+    for name, (r, m) in ((r.name, (r, m)) for r, m in by["ablations"].values()):
+        cfg = config.load(p, r.experiment)
+        at = {"size": r.size, "epochs": r.epochs}
+        if "table2" in r.tables:
+            d = default(r.init, r.size, r.epochs)
+            multiscale.setdefault(label(r, "multiscale (default)"), _row(d, adaptor="multiscale", **at))
+            multiscale[name] = _row(m, adaptor=cfg.model.adaptor, **at)
+        if "table3" in r.tables:
+            d = default(r.init, r.size, r.epochs)
+            attention.setdefault(label(r, "hybrid (default)"), _row(d, attention="hybrid", checkpointing=False, **at))
+            attention[name] = _row(m, attention=cfg.model.attention, checkpointing=cfg.model.use_checkpoint, **at)
+        if "table4" in r.tables:
+            d = default(r.init, r.size, r.epochs)
             positional.setdefault(
-                f"{r.init}/default", _row(d, init=r.init, abs_pos=d.get("abs_pos"), rel_pos=d.get("rel_pos"))
+                label(r, "default"), _row(d, init=r.init, abs_pos=d.get("abs_pos"), rel_pos=d.get("rel_pos"), **at)
             )
-            positional[name] = _row(m, init=r.init, abs_pos=m.get("abs_pos"), rel_pos=m.get("rel_pos"))
+            positional[name] = _row(m, init=r.init, abs_pos=m.get("abs_pos"), rel_pos=m.get("rel_pos"), **at)
+            if r.checkpoint:
+                positional[name]["checkpoint"] = r.checkpoint
     summary["multiscale"], summary["attention"], summary["positional"] = multiscale, attention, positional
 
-    # Figure 3: AP vs MAE pre-training length (the full length is the init stage's MAE)
+    # Figure 3: AP vs MAE pre-training length (the full length is the sweep's MAE run at the same size and length)
     full = s["pretrain"].get("mae", {}).get("steps") if not s["checkpoints"].get("mae") else "release"
     lengths = {str(r.tags["steps"]): _point(m) for r, m in by["pretrain_lengths"].values()}
-    if "mae" in s["inits"]:
-        lengths[str(full)] = _point(default("mae"))
+    if by["pretrain_lengths"]:
+        r0 = next(iter(by["pretrain_lengths"].values()))[0]
+        lengths[str(full)] = _point(default("mae", r0.size, r0.epochs))
     summary["pretrain_length"] = dict(sorted(lengths.items(), key=lambda kv: _num(kv[0])))
 
-    # Table 5: complexity, with AP where a run of that experiment exists
+    # Table 5: complexity, with the AP of the trained run it was counted on (study.complexity.weights)
     complexity = {}
+    weights = s["complexity"].get("weights") or {}
+    runs_by_dir = {d: rm for fam in by.values() for d, rm in fam.items()}
     for name in s["complexity"]["experiments"]:
         c = read_json(root / study.RUN_DIRS["complexity"] / f"{name}.json")
-        runs = [
-            (r, m)
-            for r, m in (*by["main"].values(), *by["ablations"].values())
-            if r.experiment == name and m["status"] == "ok"
-        ]
-        init = "mae" if any(r.init == "mae" for r, _ in runs) else (runs[0][0].init if runs else None)
-        ap = [m for r, m in runs if r.init == init]  # the paper's Table 5: ViTs with MAE, CNNs from scratch
-        c["init"] = init
-        c["bbox/AP"] = statistics.fmean(m["bbox/AP"] for m in ap) if ap else None
-        c["segm/AP"] = statistics.fmean(m["segm/AP"] for m in ap) if ap else None
+        r, m = runs_by_dir.get(weights.get(name), (None, {}))
+        c["init"] = r.init if r else None
+        c["weights_run"] = r.out_dir if r else None
+        c["bbox/AP"], c["segm/AP"] = m.get("bbox/AP"), m.get("segm/AP")
         complexity[name] = c
     summary["complexity"] = complexity
-    return {k: summary[k] for k in ("scale", "sizes", *KEYS, "main_by_size")}
+    return {k: summary[k] for k in ("scale", "sizes", *KEYS, "main_by_size", "convergence_by_size")}
 
 
 def _point(m: dict[str, Any]) -> dict[str, Any]:

@@ -159,18 +159,28 @@ def training_curves(histories: dict[str, str | Path]) -> plt.Figure:
 
 
 def convergence(summary: dict[str, Any], metric: str = "bbox/AP") -> plt.Figure:
-    """Figure 2: AP against fine-tuning epochs, one line per initialization."""
-    rows = [
-        {"init": init, "epochs": float(ep), "AP": 100 * m[metric]}
-        for init, points in summary["convergence"].items()
-        for ep, m in points.items()
-        if m.get(metric) is not None
-    ]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    sns.lineplot(pd.DataFrame(rows), x="epochs", y="AP", hue="init", hue_order=_present(rows), marker="o", ax=ax)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("fine-tuning epochs")
-    ax.set_ylabel(f"{metric} ×100")
+    """Figure 2: AP against fine-tuning epochs on the sweep's shared grid, one line per initialization, each
+    point the mean over its seeds with ± std bars (a panel per model size)."""
+    sizes = summary.get("convergence_by_size") or {"": summary["convergence"]}
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 3.6), squeeze=False)
+    for ax, (size, conv) in zip(axes[0], sizes.items()):
+        inits = init_order(conv)
+        colors = dict(zip(inits, sns.color_palette(n_colors=len(inits))))
+        for init in inits:
+            pts = [(float(e), m) for e, m in conv[init].items() if m.get(metric) is not None]
+            if not pts:
+                continue
+            x = [e for e, _ in pts]
+            y = [100 * m[metric] for _, m in pts]
+            err = [100 * (m.get(f"{metric}_std") or 0.0) for _, m in pts]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=init, color=colors[init])
+        ax.set_xscale("log", base=2)
+        ticks = sorted({float(e) for pts in conv.values() for e in pts})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xlabel("fine-tuning epochs")
+        ax.set_ylabel(f"{metric} ×100 (mean ± std over seeds)")
+        ax.set_title(size)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

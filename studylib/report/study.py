@@ -2,33 +2,43 @@
 
 dvc.yaml expands the same lists into stages; the names below are the folders those stages write:
 
-    runs/main/<init>-<size>-s<seed>/         Table 1 (and TIDE, Figure 4), `size` an experiment name
-    runs/convergence/<name>/                 Figure 2 ({init, schedule} per name; `schedule` multiplies study.epochs)
-    runs/ablations/<name>/                   Tables 2-4 ({experiment, init} per name)
-    runs/pretrain_length/<name>/             Figure 3 (MAE pre-trained for `steps`, then fine-tuned as main)
-    runs/complexity/<experiment>.json        Table 5
+    runs/main/<init>-<size>-x<schedule>-s<seed>/   Table 1, Figure 2, Figure 4: the schedule sweep
+                                                   (stages `main` and, random's longer schedules, `longer`)
+    runs/main/<init>-<size>-e<epochs>-s<seed>/     Table 1's paired difference to random: more seeds at
+                                                   study.paired.epochs (stage `paired`)
+    runs/ablations/<name>/                         Tables 2-4 ({experiment, init, size, schedule, checkpoint})
+    runs/pretrain_length/<name>/                   Figure 3 (MAE pre-trained for `steps` or a file, fine-tuned)
+    runs/complexity/<experiment>.json              Table 5
 
-`python -m studylib.report.study check [--params params.yaml] [--out FILE]` validates every
-experiment and every study run before any work starts (the `check` stage of dvc.yaml).
+A run's fine-tuning length is study.epochs[pretrained|random] x its schedule: the sweep runs every
+initialization at every multiple of study.schedules (random also at study.random_schedules), so
+Table 1 can take each initialization's best schedule (the paper's rule) and Figure 2 draws every
+initialization on one grid.
+
+    python -m studylib.report.study check [--params params.yaml] [--out FILE]   # the `check` stage
+    python -m studylib.report.study plan [--params params.yaml] [--json]       # every run, what it feeds
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import config
 
-FAMILIES = ("main", "convergence", "ablations", "pretrain_lengths", "complexity")
+FAMILIES = ("main", "paired", "ablations", "pretrain_lengths", "complexity")
 STUDY_KEYS = (
     "inits",
     "sizes",
     "seeds",
     "epochs",
-    "convergence",
+    "schedules",
+    "random_schedules",
+    "paired",
     "ablations",
     "pretrain_lengths",
     "complexity",
@@ -38,12 +48,23 @@ STUDY_KEYS = (
 )
 RUN_DIRS = {
     "main": "runs/main",
-    "convergence": "runs/convergence",
+    "paired": "runs/main",  # beside the sweep's runs (`-e<epochs>` in the name): the report reads one folder
     "ablations": "runs/ablations",
     "pretrain_lengths": "runs/pretrain_length",
     "complexity": "runs/complexity",
 }
+TABLES = ("table1", "figure2", "table2", "table3", "table4", "figure3", "figure4", "table5")
+ABLATION_KEYS = ("experiment", "init", "size", "schedule", "checkpoint")
+PRETRAIN_LENGTH_KEYS = ("steps", "checkpoint", "size", "schedule")
 PRETRAIN_METHOD = {"supervised": "supervised", "mocov3": "mocov3", "beit": "beit", "mae": "mae"}
+# which table an ablation feeds, by the keys its experiment changes from the baseline
+ABLATION_TABLES = {
+    "model.adaptor": "table2",
+    "model.attention": "table3",
+    "model.use_checkpoint": "table3",
+    "init.abs_pos": "table4",
+    "init.rel_pos": "table4",
+}
 
 
 @dataclass(frozen=True)
@@ -55,12 +76,31 @@ class Run:
     experiment: str
     init: str
     seed: int | None = None
-    schedule: float = 1.0
+    epochs: float | None = None  # the resolved fine-tuning length (None: the experiment's own)
+    size: str = "main"  # the size experiment (Table 1's model size) the run belongs to
+    stage: str = ""  # its dvc.yaml stage family
+    tables: tuple[str, ...] = ()
+    checkpoint: str | None = None  # a file other than the init stage's (BEiT† of Table 4, Figure 3's files)
     tags: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def out_dir(self) -> str:
         return f"{RUN_DIRS[self.family]}/{self.name}"
+
+
+def kind_of(init: str) -> str:
+    """study.epochs' key for an initialization: random or pretrained."""
+    return "random" if init == "random" else "pretrained"
+
+
+def sweep_epochs(s: dict, init: str) -> dict[float, float]:
+    """{schedule: epochs} of `init`'s sweep: study.epochs[kind] x each schedule (random: also its longer ones)."""
+    scheds = list(s["schedules"]) + (list(s["random_schedules"] or []) if init == "random" else [])
+    return {float(x): float(s["epochs"][kind_of(init)] * x) for x in scheds}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
 
 
 def study(params: str | Path | dict) -> dict:
@@ -71,12 +111,12 @@ def study(params: str | Path | dict) -> dict:
         raise ValueError("params: no 'study' section (see params.yaml: inits, sizes, seeds, epochs, ...)")
     for key in s:
         if key not in STUDY_KEYS:
-            raise ValueError(f"params: unknown key study.{key}; {config.closest(key, STUDY_KEYS)}")
+            hint = "; Figure 2 is the schedule sweep now (study.schedules)" if key == "convergence" else ""
+            raise ValueError(f"params: unknown key study.{key}; {config.closest(key, STUDY_KEYS)}{hint}")
     missing = [k for k in STUDY_KEYS if k not in s]
     if missing:
         raise ValueError(f"params: study.{', study.'.join(missing)} missing")
     experiments = ["baseline", *config.experiment_names(p)]
-
     known = config.init_names(p)
 
     def inits(values: list, where: str) -> None:
@@ -88,38 +128,25 @@ def study(params: str | Path | dict) -> dict:
         if name not in experiments:
             raise ValueError(f"params: {where} = {name!r} is not an experiment; {config.closest(name, experiments)}")
 
+    def seeds(values: Any, where: str) -> None:
+        if not isinstance(values, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in values):
+            raise ValueError(f"params: {where} = {values!r} must be a list of integers")
+
     inits(s["inits"], "study.inits")
     for size in s["sizes"]:
         experiment(size, "study.sizes")
-    if not all(isinstance(x, int) and not isinstance(x, bool) for x in s["seeds"]):
-        raise ValueError(f"params: study.seeds = {s['seeds']!r} must be a list of integers")
+    seeds(s["seeds"], "study.seeds")
     for k in ("pretrained", "random"):
-        if not isinstance(s["epochs"].get(k), (int, float)) or s["epochs"][k] <= 0:
+        if not _number(s["epochs"].get(k)):
             raise ValueError(f"params: study.epochs.{k} = {s['epochs'].get(k)!r} must be a positive number")
-    for name, item in (s["convergence"] or {}).items():
-        if (
-            not isinstance(item, dict)
-            or set(item) != {"init", "schedule"}
-            or not isinstance(item["schedule"], (int, float))
-            or isinstance(item["schedule"], bool)
-            or item["schedule"] <= 0
-        ):
-            raise ValueError(
-                f"params: study.convergence.{name} = {item!r}: expected {{init: <init>, "
-                f"schedule: a positive multiple of study.epochs}}"
-            )
-        inits([item["init"]], f"study.convergence.{name}.init")
-    for name, item in (s["ablations"] or {}).items():
-        if set(item) != {"experiment", "init"}:
-            raise ValueError(f"params: study.ablations.{name} must have exactly the keys experiment, init")
-        experiment(item["experiment"], f"study.ablations.{name}.experiment")
-        inits([item["init"]], f"study.ablations.{name}.init")
-    for name, item in (s["pretrain_lengths"] or {}).items():
-        if set(item) != {"steps", "checkpoint"} or not isinstance(item["steps"], int) or item["steps"] < 1:
-            raise ValueError(
-                f"params: study.pretrain_lengths.{name} = {item!r}: expected {{steps: int >= 1, "
-                f"checkpoint: '' or a file}}"
-            )
+    for k in ("schedules", "random_schedules"):
+        v = s[k] or []
+        if not isinstance(v, list) or not all(_number(x) for x in v) or len(set(v)) != len(v):
+            raise ValueError(f"params: study.{k} = {s[k]!r} must be a list of distinct positive multiples")
+    if not s["schedules"]:
+        raise ValueError("params: study.schedules is empty: Table 1 needs at least one schedule")
+    _check_paired(s, inits, seeds)
+    _check_items(s, experiment, inits)
     for name in s["complexity"]["experiments"]:
         experiment(name, "study.complexity.experiments")
     _check_checkpoints(s, known)
@@ -127,6 +154,56 @@ def study(params: str | Path | dict) -> dict:
         if kind != "all" and kind not in PRETRAIN_METHOD:
             raise ValueError(f"params: study.pretrain.{kind}; {config.closest(kind, ['all', *PRETRAIN_METHOD])}")
     return s
+
+
+def _check_paired(s: dict, inits, seeds) -> None:
+    """study.paired: {epochs: E, inits: [...], seeds: [...]}; E is a length of every init's sweep."""
+    pr = s["paired"]
+    if not isinstance(pr, dict) or set(pr) != {"epochs", "inits", "seeds"}:
+        raise ValueError(f"params: study.paired = {pr!r}: expected {{epochs: E, inits: [...], seeds: [...]}}")
+    inits(pr["inits"], "study.paired.inits")
+    seeds(pr["seeds"], "study.paired.seeds")
+    both = sorted(set(pr["seeds"]) & set(s["seeds"]))
+    if both:
+        raise ValueError(f"params: study.paired.seeds {both} are in study.seeds already (the sweep runs them)")
+    for init in s["inits"]:
+        if float(pr["epochs"]) not in sweep_epochs(s, init).values():
+            raise ValueError(
+                f"params: study.paired.epochs = {pr['epochs']!r} is not a length of {init}'s sweep "
+                f"({sorted(sweep_epochs(s, init).values())} epochs): Table 1 compares every init to random there"
+            )
+    missing = [i for i in pr["inits"] if i not in s["inits"]]
+    if missing:
+        raise ValueError(f"params: study.paired.inits has {missing[0]!r}, which study.inits lacks")
+
+
+def _check_items(s: dict, experiment, inits) -> None:
+    """study.ablations and study.pretrain_lengths: every key present; their default row is a sweep run."""
+    for family, keys in (("ablations", ABLATION_KEYS), ("pretrain_lengths", PRETRAIN_LENGTH_KEYS)):
+        for name, item in (s[family] or {}).items():
+            if not isinstance(item, dict) or set(item) != set(keys):
+                raise ValueError(f"params: study.{family}.{name} = {item!r}: expected the keys {', '.join(keys)}")
+            if item["size"] not in s["sizes"]:
+                raise ValueError(
+                    f"params: study.{family}.{name}.size = {item['size']!r} is not one of study.sizes "
+                    f"({', '.join(s['sizes'])}): its default row is that size's sweep run"
+                )
+            if family == "pretrain_lengths" and float(item["schedule"]) not in map(float, s["schedules"]):
+                raise ValueError(
+                    f"params: study.{family}.{name}.schedule = {item['schedule']!r} is not one of "
+                    f"study.schedules {s['schedules']}: its default row is the sweep run at that schedule"
+                )
+            if not isinstance(item["checkpoint"], str):
+                raise ValueError(f"params: study.{family}.{name}.checkpoint must be '' or a file")
+            if family == "ablations":
+                experiment(item["experiment"], f"study.ablations.{name}.experiment")
+                inits([item["init"]], f"study.ablations.{name}.init")
+                if item["init"] not in s["inits"]:
+                    raise ValueError(f"params: study.ablations.{name}.init = {item['init']!r}: not in study.inits")
+            elif not isinstance(item["steps"], int) or item["steps"] < 1:
+                raise ValueError(f"params: study.pretrain_lengths.{name}.steps = {item['steps']!r}: an int >= 1")
+        if family == "pretrain_lengths" and s[family] and "mae" not in s["inits"]:
+            raise ValueError("params: study.pretrain_lengths needs mae in study.inits (its full-length point)")
 
 
 def _check_checkpoints(s: dict, known: list[str]) -> None:
@@ -184,19 +261,115 @@ def release_entry(entry: Any, where: str) -> tuple[str | dict[str, str] | None, 
 
 def runs(params: str | Path | dict) -> dict[str, list[Run]]:
     """Every fine-tuning run the study expects, by family (the same names dvc.yaml templates)."""
-    s = study(params)
+    p = config.read_params(params)
+    s = study(p)
     out: dict[str, list[Run]] = {f: [] for f in FAMILIES if f != "complexity"}
-    for init in s["inits"]:
-        for size in s["sizes"]:
-            for seed in s["seeds"]:
-                out["main"].append(Run("main", f"{init}-{size}-s{seed}", size, init, seed, tags={"size": size}))
-    for name, item in (s["convergence"] or {}).items():
-        out["convergence"].append(Run("convergence", name, "main", item["init"], None, float(item["schedule"])))
-    for name, item in (s["ablations"] or {}).items():
-        out["ablations"].append(Run("ablations", name, item["experiment"], item["init"]))
-    for name, item in (s["pretrain_lengths"] or {}).items():
-        out["pretrain_lengths"].append(Run("pretrain_lengths", name, "main", "mae", tags={"steps": item["steps"]}))
+    for size in s["sizes"]:
+        for init in s["inits"]:
+            for raw in [*s["schedules"], *((s["random_schedules"] or []) if init == "random" else [])]:
+                stage = "main" if raw in s["schedules"] else "longer"
+                for seed in s["seeds"]:
+                    name = f"{init}-{size}-x{raw}-s{seed}"
+                    epochs = float(s["epochs"][kind_of(init)] * raw)
+                    tables = ("table1", "figure2", "figure4")
+                    out["main"].append(Run("main", name, size, init, seed, epochs, size, stage, tables))
+        pr = s["paired"]
+        for init in pr["inits"]:
+            for seed in pr["seeds"]:
+                name = f"{init}-{size}-e{pr['epochs']}-s{seed}"
+                out["paired"].append(
+                    Run("paired", name, size, init, seed, float(pr["epochs"]), size, "paired", ("table1",))
+                )
+    first = s["seeds"][0] if s["seeds"] else None
+    for name, it in (s["ablations"] or {}).items():
+        exp = f"{it['size']}+{it['experiment']}"
+        epochs = float(s["epochs"][kind_of(it["init"])] * it["schedule"])
+        tables = ablation_tables(p, exp)
+        ck = it["checkpoint"] or None
+        out["ablations"].append(
+            Run("ablations", name, exp, it["init"], first, epochs, it["size"], "ablation", tables, ck)
+        )
+    for name, it in (s["pretrain_lengths"] or {}).items():
+        epochs = float(s["epochs"]["pretrained"] * it["schedule"])
+        run = Run(
+            "pretrain_lengths",
+            name,
+            it["size"],
+            "mae",
+            first,
+            epochs,
+            it["size"],
+            "pretrain_length",
+            ("figure3",),
+            it["checkpoint"] or None,
+            tags={"steps": it["steps"]},
+        )
+        out["pretrain_lengths"].append(run)
     return out
+
+
+def ablation_tables(params: str | Path | dict, experiment: str) -> tuple[str, ...]:
+    """The tables an ablation feeds: by the keys its experiment changes (a ResNet: Table 5's from-scratch CNN)."""
+    base, exp = config.load(params, "baseline").flat(), config.load(params, experiment).flat()
+    tables = {t for k, t in ABLATION_TABLES.items() if exp[k] != base[k]}
+    if exp["model.backbone"] != base["model.backbone"] and exp["model.backbone"].startswith("resnet"):
+        tables.add("table5")
+    return tuple(t for t in TABLES if t in tables)
+
+
+def sweep_run(params: str | Path | dict, init: str, size: str, epochs: float, seed: int | None = None) -> Run:
+    """The sweep run of `init` at `size` and `epochs` (the first seed by default): an ablation's default row."""
+    s = study(params)
+    seed = s["seeds"][0] if seed is None else seed
+    for r in runs(params)["main"]:
+        if (r.init, r.size, r.epochs, r.seed) == (init, size, float(epochs), seed):
+            return r
+    raise ValueError(f"the sweep has no run of {init} at {size}, {epochs:g} epochs, seed {seed}")
+
+
+def reference_run(params: str | Path | dict, init: str, size: str | None = None) -> Run:
+    """The run that stands for `init` in curves and pictures: its sweep run at study.paired.epochs (a length
+    every init has), first seed."""
+    s = study(params)
+    return sweep_run(params, init, size or s["sizes"][0], s["paired"]["epochs"])
+
+
+def plan(params: str | Path | dict) -> list[dict[str, Any]]:
+    """One row per run the params make: stage, tables it feeds, experiment, backbone, init, epochs, seed."""
+    rows = []
+    for items in runs(params).values():
+        for r in items:
+            row = {k: v for k, v in asdict(r).items() if k in ("stage", "experiment", "init", "epochs", "seed")}
+            rows.append(
+                {
+                    **row,
+                    "tables": list(r.tables),
+                    "backbone": config.load(params, r.experiment).model.backbone,
+                    "size": r.size,
+                    "run": r.out_dir,
+                    "checkpoint": r.checkpoint,
+                }
+            )
+    s = study(params)
+    weights = s["complexity"].get("weights") or {}
+    trained = {r["run"]: r for r in rows}
+    for name in s["complexity"]["experiments"]:
+        cfg, w = config.load(params, name), trained.get(weights.get(name), {})
+        rows.append(
+            {
+                "stage": "complexity",
+                "experiment": name,
+                "init": w.get("init", "untrained"),
+                "epochs": w.get("epochs"),
+                "seed": w.get("seed"),
+                "tables": ["table5"],
+                "backbone": cfg.model.backbone,
+                "size": None,
+                "run": f"{RUN_DIRS['complexity']}/{name}.json",
+                "checkpoint": weights.get(name),
+            }
+        )
+    return rows
 
 
 def is_default_size(params: str | Path | dict, experiment: str) -> bool:
@@ -235,12 +408,13 @@ def run_sets(
     seed: int | None = None,
     schedule: float | None = 1.0,
     checkpoint: str | None = None,
+    epochs: float | None = None,
 ) -> list[str]:
     """`--set` strings making a run of `experiment`; each argument left None (or "") keeps the experiment's own.
 
     init: init.kind (and a user init's format: `init_sets`), and init.checkpoint = the init stage's file for the
     experiment's size (unless `checkpoint`); schedule: train.epochs = study.epochs[pretrained|random] x schedule
-    (the study's runs); seed: train.seed; checkpoint: init.checkpoint.
+    (the sweep's runs); epochs: train.epochs itself (wins over schedule); seed: train.seed.
     """
     s = study(params)
     kind = init or config.load(params, experiment).init.kind
@@ -248,8 +422,10 @@ def run_sets(
         sets = init_sets(params, init, checkpoint or init_checkpoint(params, init, experiment))
     else:
         sets = [f"init.checkpoint={checkpoint}"] if checkpoint else []
-    if schedule is not None:
-        sets.append(f"train.epochs={s['epochs']['random' if kind == 'random' else 'pretrained'] * schedule}")
+    if epochs is not None:
+        sets.append(f"train.epochs={float(epochs)}")
+    elif schedule is not None:
+        sets.append(f"train.epochs={float(s['epochs'][kind_of(kind)] * schedule)}")
     if seed is not None:
         sets.append(f"train.seed={seed}")
     return sets
@@ -273,22 +449,72 @@ def check(params: str | Path | dict) -> dict[str, Any]:
     for name in ["baseline", *config.experiment_names(params)]:
         config.load(params, name)
         checked.append(name)
-    for items in runs(params).values():
-        for run in items:
-            config.load(params, run.experiment, run_sets(params, run.init, run.experiment, run.seed, run.schedule))
-    for name in s["complexity"]["experiments"]:
-        config.load(params, name)
+    plan_runs = runs(params)
+    for items in plan_runs.values():
+        for r in items:
+            config.load(
+                params, r.experiment, run_sets(params, r.init, r.experiment, r.seed, None, r.checkpoint, r.epochs)
+            )
+    for r in plan_runs["ablations"] + plan_runs["pretrain_lengths"]:
+        if {"table2", "table3", "table4", "figure3"} & set(r.tables):  # their default row: a sweep run
+            try:
+                sweep_run(params, r.init, r.size, r.epochs)
+            except ValueError as e:
+                raise ValueError(f"params: study.{r.family}.{r.name}: {e} (its default row)") from None
+    _check_complexity(s, params, plan_runs)
     from .. import inits  # the files of the user's own initializations: present, of the model's width and patch
 
     files = inits.check_files(params)
-    return {"user_inits": len(files), "experiments": len(checked), "runs": sum(len(v) for v in runs(params).values())}
+    return {"user_inits": len(files), "experiments": len(checked), "runs": sum(len(v) for v in plan_runs.values())}
+
+
+def _check_complexity(s: dict, params: str | Path | dict, plan_runs: dict[str, list[Run]]) -> None:
+    """study.complexity: experiments to count; weights: {experiment: the run folder of a trained one}."""
+    c = s["complexity"]
+    extra = set(c) - {"experiments", "weights", "images", "fps_images"}
+    if extra:
+        raise ValueError(f"params: unknown key study.complexity.{sorted(extra)[0]}")
+    folders = {r.out_dir: r for items in plan_runs.values() for r in items}
+    for name, folder in (c.get("weights") or {}).items():
+        if name not in c["experiments"]:
+            raise ValueError(f"params: study.complexity.weights.{name}: not in study.complexity.experiments")
+        if folder not in folders:
+            raise ValueError(
+                f"params: study.complexity.weights.{name} = {folder!r} is not a run of the study; "
+                f"{config.closest(folder, folders)}"
+            )
+        want, got = config.load(params, name).model.backbone, config.load(params, folders[folder].experiment)
+        if got.model.backbone != want:
+            raise ValueError(
+                f"params: study.complexity.weights.{name} = {folder}: a {got.model.backbone} run, "
+                f"but experiment {name} counts {want}"
+            )
+
+
+def plan_table(rows: list[dict[str, Any]]) -> str:
+    """The plan as a markdown table (the README shows the paper's and the embedded one)."""
+    import pandas as pd
+
+    cols = ["stage", "tables", "experiment", "backbone", "init", "epochs", "seed"]
+    shown = [
+        {
+            **r,
+            "tables": " ".join(r["tables"]),
+            "epochs": "–" if r["epochs"] is None else f"{r['epochs']:g}",
+            "seed": "–" if r["seed"] is None else str(r["seed"]),
+        }
+        for r in rows
+    ]
+    df = pd.DataFrame(shown, columns=cols)
+    return df.to_markdown(index=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m studylib.report.study", description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["check", "list"])
+    ap.add_argument("command", choices=["check", "plan", "list"])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", help="check: write 'ok' here when everything is valid (the check stage's output)")
+    ap.add_argument("--json", action="store_true", help='plan: print {"runs": [...]} as JSON')
     args = ap.parse_args(argv)
     try:
         if args.command == "check":
@@ -297,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.out).write_text("ok\n")  # constant: editing params re-runs only the stages that read them
+        elif args.command == "plan":
+            rows = plan(args.params)
+            print(json.dumps({"runs": rows}, indent=1) if args.json else plan_table(rows))
         else:
             for family, items in runs(args.params).items():
                 for run in items:

@@ -48,36 +48,46 @@ def paper(value: Any) -> str:
 
 
 def vs_random(m: dict[str, Any], ref: dict[str, Any] | None, key: str = "bbox/AP") -> str:
-    """`m` minus random initialization's `key` (×100, signed), said in words: the report states plainly
-    whether an initialization beats random at the same schedule (a higher mean), not only the numbers."""
+    """`m` minus random initialization's `key` (×100, signed): a difference of means, no verdict."""
     if ref is None or m is ref or m.get(key) is None or ref.get(key) is None:
         return "–"
-    d = 100 * (m[key] - ref[key])
-    return f"{d:+.1f} ({'beats' if d > 0 else 'does not beat'} random)"
+    return f"{100 * (m[key] - ref[key]):+.1f}"
 
 
-def paired(m: dict[str, Any], ref: dict[str, Any] | None) -> str:
-    """`vs_random`, with the 95% t-interval of the per-seed differences (`bbox/AP_vs_random`) where there is one."""
-    text = vs_random(m, ref)
-    ci = (m.get("bbox/AP_vs_random") or {}).get("ci95")
-    if text == "–" or not ci:
-        return text
-    return f"{text}; 95% CI [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+def paired(m: dict[str, Any]) -> str:
+    """Table 1's paired difference to random (`bbox/AP_vs_random`), ×100 with its 95% t-interval, and the
+    verdict in words: "beats random" only where the whole interval is above zero."""
+    d = m.get("bbox/AP_vs_random") or {}
+    if d.get("mean") is None:
+        return "–"
+    ci, n = d.get("ci95"), len(d.get("seeds", []))
+    if not ci:
+        return f"{100 * d['mean']:+.1f} (n = {n}: no interval)"
+    verdict = "beats random" if ci[0] > 0 else "below random" if ci[1] < 0 else "not separable from random"
+    return f"{100 * d['mean']:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}] ({verdict}; n = {n})"
 
 
-def main_table(summary: dict[str, Any], pub: dict[str, Any]) -> pd.DataFrame:
+def main_table(summary: dict[str, Any], pub: dict[str, Any], size: str | None = None) -> pd.DataFrame:
+    """Table 1: each init's best schedule (the paper's rule) and every schedule's box AP, the paired
+    difference to random at equal length, and the paper's numbers."""
+    main = summary["main"] if size is None else summary["main_by_size"][size]
+    at = next((m["bbox/AP_vs_random"]["epochs"] for m in main.values() if "bbox/AP_vs_random" in m), None)
     rows = []
-    for init in init_order(summary["main"]):
-        m = summary["main"][init]
+    for init in init_order(main):
+        m = main[init]
+        sched = m.get("schedules") or {}
         rows.append(
             {
                 "init": init,
-                "epochs": m.get("epochs"),
+                "best epochs": f"{m['epochs']:g}" if m.get("epochs") is not None else "–",
                 "seeds": m.get("n_seeds"),
                 "AP box": ap(m, "bbox/AP"),
                 "AP mask": ap(m, "segm/AP"),
                 "AP50 box": ap(m, "bbox/AP50"),
-                "box vs random": paired(m, summary["main"].get("random")),
+                "box AP by epochs": ", ".join(
+                    f"{e}: {'–' if v is None else f'{100 * v:.1f}'}" for e, v in sched.items()
+                ),
+                f"box − random at {at:g} epochs (paired, 95% CI)" if at is not None else "box − random": paired(m),
                 "paper ViT-B (box / mask)": paper(pub["main"].get(init, {}).get("vit_base")),
                 "paper ViT-L (box / mask)": paper(pub["main"].get(init, {}).get("vit_large")),
             }
@@ -94,9 +104,10 @@ def convergence_table(summary: dict[str, Any], pub: dict[str, Any]) -> pd.DataFr
                 {
                     "init": init,
                     "epochs": float(epochs),
+                    "seeds": len(m.get("seeds", [])),
                     "AP box": ap(m, "bbox/AP"),
                     "AP mask": ap(m, "segm/AP"),
-                    "box vs random (same epochs)": vs_random(m, ref),
+                    "box − random (means, same epochs)": vs_random(m, ref),
                 }
             )
     order = init_order(r["init"] for r in rows)
@@ -107,9 +118,10 @@ def convergence_table(summary: dict[str, Any], pub: dict[str, Any]) -> pd.DataFr
                 {
                     "init": f"{init} (paper, ViT-B)",
                     "epochs": float(epochs),
+                    "seeds": 1,
                     "AP box": paper(v[0]),
                     "AP mask": paper(v[1]),
-                    "box vs random (same epochs)": "–",
+                    "box − random (means, same epochs)": "–",
                 }
             )
     return pd.DataFrame(rows)
@@ -121,6 +133,7 @@ def ablation_table(rows: dict[str, dict[str, Any]], fields: tuple[str, ...]) -> 
         out.append(
             {
                 "run": name,
+                **{f: m.get(f) for f in ("size", "epochs") if f in m},
                 **{f: m.get(f) for f in fields},
                 "AP box": ap(m, "bbox/AP"),
                 "AP mask": ap(m, "segm/AP"),
@@ -181,6 +194,7 @@ def tables(summary: dict[str, Any]) -> dict[str, pd.DataFrame]:
     pub = published()
     return {
         "table1_main": main_table(summary, pub),
+        **{f"table1_main_{size}": main_table(summary, pub, size) for size in summary.get("sizes", [])[1:]},
         "figure2_convergence": convergence_table(summary, pub),
         "table2_multiscale": ablation_table(summary["multiscale"], ("adaptor",)),
         "table3_attention": ablation_table(summary["attention"], ("attention", "checkpointing")),
