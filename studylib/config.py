@@ -106,6 +106,7 @@ class TrainConfig:
     epochs: float = 25.0  # schedule length in epochs of the training set
     max_iters: int | None = None  # overrides epochs when set (smoke runs)
     batch_size: int = 64  # global batch (split over processes)
+    images_per_gpu: int | None = None  # per process and forward; fewer than the share: gradient accumulation
     lr: float | None = None  # at batch 64; None: the initialization's recipe (recipes in params.yaml)
     lr_mult: float = 1.0  # multiplies the recipe's lr (short CPU schedules of the embedded scale)
     base_batch_size: int = 64  # lr follows the global batch: lr * lr_mult * batch_size / base_batch_size
