@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import copy
 import json
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 import yaml
 
 from studylib import config, engine
 from studylib.engine import trainer
 from studylib.engine.build import build_datasets, build_model
-from studylib.engine.distributed import DistInfo, batch_split
+from studylib.engine.distributed import DistInfo, batch_split, wrap_ddp
 from studylib.engine.optim import build_optimizer
 from studylib.engine.schedule import build_scheduler
 
@@ -67,9 +69,10 @@ def _detector(tmp: Path):
     return cfg, model.train(), images, targets
 
 
-def _one_step(cfg, model, images, targets, images_per_gpu):
-    """The trainer's train_step on a copy of `model`: (losses logged, gradients, parameters after the step)."""
-    model = copy.deepcopy(model)
+def _one_step(cfg, model, images, targets, images_per_gpu, world_size=1):
+    """The trainer's train_step on a copy of `model` (or on a DDP model itself): (losses logged, gradients,
+    parameters after the step)."""
+    model = model if world_size > 1 else copy.deepcopy(model)
     optimizer = build_optimizer(model, 1e-3, cfg.train.weight_decay)
     run = SimpleNamespace(
         cfg=cfg,
@@ -78,11 +81,11 @@ def _one_step(cfg, model, images, targets, images_per_gpu):
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, 10, 0),
         scaler=None,
-        split=batch_split(len(images), 1, images_per_gpu),
+        split=batch_split(len(images) * world_size, world_size, images_per_gpu),
     )
     logged, _ = trainer.train_step(run, images, targets, 1)
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return logged, grads, {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n.removeprefix("module."): p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logged, grads, {n.removeprefix("module."): p.detach().clone() for n, p in model.named_parameters()}
 
 
 def _close(a: dict, b: dict) -> None:
@@ -112,6 +115,35 @@ def test_accumulation_step_equals_the_full_batch_step(tmp_path):
     ((first + second) / 2).backward()
     _close(acc_grads, {n: p.grad for n, p in ref.named_parameters() if p.grad is not None})
     assert acc_losses["loss"] == pytest.approx(float((first + second).detach()) / 2, rel=1e-9)
+
+
+def _ddp_worker(rank: int, tmp: str, init_file: str, out: dict) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    cfg, model, images, targets = _detector(Path(tmp))
+    mine = slice(2 * rank, 2 * rank + 2)
+    model = wrap_ddp(model, torch.device("cpu"))
+    logged, grads, _ = _one_step(cfg, model, images[mine], targets[mine], images_per_gpu=1, world_size=2)
+    out[rank] = (logged, grads)
+    dist.destroy_process_group()
+
+
+def test_ddp_with_accumulation_matches_the_mean_over_micro_batches(tmp_path):
+    """2 processes x 1 image x 2 accumulation steps (no_sync on the first): each process ends the step with
+    the gradient of the mean of the 4 single-image losses."""
+    cfg, model, images, targets = _detector(tmp_path)  # generates the dataset once
+    ref = copy.deepcopy(model)
+    losses = [sum(ref([im], [copy.deepcopy(t)]).values()) for im, t in zip(images, targets)]
+    (sum(losses) / 4).backward()
+    with tempfile.TemporaryDirectory() as d:
+        out = mp.Manager().dict()
+        mp.spawn(_ddp_worker, args=(str(tmp_path), str(Path(d) / "init"), out), nprocs=2, join=True)
+        out = dict(out)
+    for rank in range(2):
+        _close(out[rank][1], {n: p.grad for n, p in ref.named_parameters() if p.grad is not None})
+        assert out[rank][0]["loss"] == pytest.approx(float(sum(losses).detach()) / 4, rel=1e-6)  # reduce_mean: fp32
 
 
 def _run(tmp: Path, out: Path, resume: bool = False) -> dict:
