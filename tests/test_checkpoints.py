@@ -46,39 +46,17 @@ def timm_vit(seed: int = 0, num_classes: int = 10) -> VisionTransformer:
     )
 
 
-def timm_beit(seed: int = 0, shared: bool = True) -> Beit:
-    return _perturb(
-        Beit(
-            img_size=IMG,
-            patch_size=PATCH,
-            embed_dim=C,
-            depth=DEPTH,
-            num_heads=HEADS,
-            num_classes=7,
-            use_abs_pos_emb=False,
-            use_shared_rel_pos_bias=shared,
-            use_rel_pos_bias=not shared,
-            init_values=0.1,
-        ),
-        seed,
-    )
+def timm_beit(seed: int = 0, shared: bool = True, **kw) -> Beit:
+    args = dict(use_abs_pos_emb=False, use_shared_rel_pos_bias=shared, use_rel_pos_bias=not shared, init_values=0.1)
+    beit = Beit(img_size=IMG, patch_size=PATCH, embed_dim=C, depth=DEPTH, num_heads=HEADS, num_classes=7, **args | kw)
+    return _perturb(beit, seed)
 
 
 def timm_beit_dagger(seed: int = 0) -> Beit:
     """BEiT's --abs_pos_emb --disable_rel_pos_bias --layer_scale_init_value 0 model (BEiT†)."""
-    beit = Beit(
-        img_size=IMG,
-        patch_size=PATCH,
-        embed_dim=C,
-        depth=DEPTH,
-        num_heads=HEADS,
-        num_classes=7,
-        use_abs_pos_emb=True,
-        use_rel_pos_bias=False,
-        use_shared_rel_pos_bias=False,
-        init_values=None,
+    return timm_beit(
+        seed, use_abs_pos_emb=True, use_shared_rel_pos_bias=False, use_rel_pos_bias=False, init_values=None
     )
-    return _perturb(beit, seed)
 
 
 def mocov3_pos_embed(h: int, w: int, dim: int) -> torch.Tensor:
