@@ -41,7 +41,7 @@ def vocabularies() -> dict[str, tuple[str, ...]]:
     """Every closed vocabulary of the config: `VOCABULARIES` and the allowed values of the modules that take
     them (one definition each: the adaptor's kinds and norms, the loader's formats and position treatments, the
     COCO backends)."""
-    from .checkpoints.load import ALL_FORMATS, TREATMENTS
+    from .checkpoints.load import ALL_FORMATS, LAYER_SCALE, TREATMENTS
     from .evaluation.coco import BACKENDS
     from .models.adaptor import KINDS, NORMS
 
@@ -52,6 +52,7 @@ def vocabularies() -> dict[str, tuple[str, ...]]:
         "init.format": ALL_FORMATS,
         "init.abs_pos": TREATMENTS,
         "init.rel_pos": TREATMENTS,
+        "init.layer_scale": LAYER_SCALE,
         "eval.backend": BACKENDS,
     }
 
@@ -86,7 +87,7 @@ class ModelConfig:
     detector_kwargs: dict[str, Any] = field(default_factory=dict)  # other MaskRCNN keywords (rpn_*_top_n_*, ...)
     norm: str = "bn"  # norm of FPN and heads (SyncBN when distributed)
     drop_path: float = 0.1  # 0.1 for ViT-B, 0.3 for ViT-L in the paper
-    layer_scale: float | None = None  # None: the initialization's own (BEiT: 0.1)
+    layer_scale: float | None = None  # initial value when built with layer scale; None: per init.layer_scale
     overrides: dict[str, Any] = field(default_factory=dict)  # any other build_backbone keyword
 
 
@@ -97,6 +98,7 @@ class InitConfig:
     format: str = "auto"  # checkpoint layout, detected from the keys by default
     abs_pos: str | None = None  # pt | rand | zero | no; None = the paper's rule for the format
     rel_pos: str | None = None
+    layer_scale: str | None = None  # pt (the file's gamma_1 / gamma_2) | none; None = decided from the file
 
 
 @dataclass
@@ -104,6 +106,7 @@ class TrainConfig:
     epochs: float = 25.0  # schedule length in epochs of the training set
     max_iters: int | None = None  # overrides epochs when set (smoke runs)
     batch_size: int = 64  # global batch (split over processes)
+    images_per_gpu: int | None = None  # per process and forward; fewer than the share: gradient accumulation
     lr: float | None = None  # at batch 64; None: the initialization's recipe (recipes in params.yaml)
     lr_mult: float = 1.0  # multiplies the recipe's lr (short CPU schedules of the embedded scale)
     base_batch_size: int = 64  # lr follows the global batch: lr * lr_mult * batch_size / base_batch_size

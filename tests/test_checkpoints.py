@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,12 +17,13 @@ from safetensors.torch import save_file
 from timm.models.beit import Beit
 from timm.models.vision_transformer import VisionTransformer
 
-from studylib.checkpoints import LoadReport, detect_format, load_pretrained, positional_flags
+from studylib.checkpoints import LoadReport, detect_format, load_pretrained, plan, positional_flags
 from studylib.checkpoints.__main__ import main as cli_main
 from studylib.models.pos_embed import gen_relative_position_index, get_2d_sincos_pos_embed, resize_rel_pos_table
 from studylib.models.vit import ViT
 
 torch.set_num_threads(1)
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 C, DEPTH, HEADS, PATCH, IMG = 32, 4, 2, 8, 32  # pre-training at 32 px: a 4x4 grid
 GRID = IMG // PATCH
 
@@ -44,21 +46,16 @@ def timm_vit(seed: int = 0, num_classes: int = 10) -> VisionTransformer:
     )
 
 
-def timm_beit(seed: int = 0, shared: bool = True) -> Beit:
-    return _perturb(
-        Beit(
-            img_size=IMG,
-            patch_size=PATCH,
-            embed_dim=C,
-            depth=DEPTH,
-            num_heads=HEADS,
-            num_classes=7,
-            use_abs_pos_emb=False,
-            use_shared_rel_pos_bias=shared,
-            use_rel_pos_bias=not shared,
-            init_values=0.1,
-        ),
-        seed,
+def timm_beit(seed: int = 0, shared: bool = True, **kw) -> Beit:
+    args = dict(use_abs_pos_emb=False, use_shared_rel_pos_bias=shared, use_rel_pos_bias=not shared, init_values=0.1)
+    beit = Beit(img_size=IMG, patch_size=PATCH, embed_dim=C, depth=DEPTH, num_heads=HEADS, num_classes=7, **args | kw)
+    return _perturb(beit, seed)
+
+
+def timm_beit_dagger(seed: int = 0) -> Beit:
+    """BEiT's --abs_pos_emb --disable_rel_pos_bias --layer_scale_init_value 0 model (BEiT†)."""
+    return timm_beit(
+        seed, use_abs_pos_emb=True, use_shared_rel_pos_bias=False, use_rel_pos_bias=False, init_values=None
     )
 
 
@@ -160,6 +157,15 @@ def beit_pretrain_ckpt(beit: Beit, wrapper: str = "model") -> dict:
         }
     )
     return {wrapper: sd, "epoch": 799, "args": argparse.Namespace(layer_scale_init_value=0.1)}
+
+
+def beit_dagger_ckpt(beit: Beit) -> dict:
+    """beit_base_patch16_224_pt1k_800ep.pth: {'model': sd} of modeling_pretrain.py with an absolute
+    `pos_embed`, no relative table, no gamma_1 / gamma_2; mask_token, final norm and lm_head."""
+    ckpt = beit_pretrain_ckpt(beit)
+    del ckpt["model"]["rel_pos_bias.relative_position_index"]
+    assert "pos_embed" in ckpt["model"] and not any("gamma" in k or "relative" in k for k in ckpt["model"])
+    return ckpt
 
 
 def beit_finetuned_ckpt(beit: Beit) -> dict:
@@ -442,8 +448,10 @@ def test_forced_format(tmp_path):
     path = save(mae_encoder_ckpt(timm_vit()), tmp_path)
     report = load_pretrained(our_vit(), path, fmt="deit")
     assert report.format == "deit" and any("forced to 'deit'" in n for n in report.notes)
-    with pytest.raises(ValueError, match="rel_pos='pt'"):  # BEiT's rule needs a relative table
-        load_pretrained(our_vit(), path, fmt="beit")
+    report = load_pretrained(our_vit(), path, fmt="beit")  # BEiT's rule, the file has no relative table
+    assert (report.abs_pos, report.rel_pos, report.layer_scale) == ("pt", "zero", "none")
+    with pytest.raises(ValueError, match="rel_pos='pt'"):  # asked for explicitly: an error
+        load_pretrained(our_vit(), path, fmt="beit", rel_pos="pt")
     with pytest.raises(ValueError, match="allowed auto, mae, beit, mocov3, deit, timm, random"):
         load_pretrained(our_vit(), path, fmt="dino")
 
@@ -477,8 +485,79 @@ def test_cli_inspect_prints_json(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_beit_dagger_falls_back_to_abs_pt_rel_zero_no_layer_scale(tmp_path):
+    """BEiT's public IN-1k release (--abs_pos_emb, no relative bias, layer scale 0): decided from the file."""
+    beit = timm_beit_dagger()
+    path = save(beit_dagger_ckpt(beit), tmp_path)
+    assert plan(path) == plan(path, "beit")
+    decided = plan(path)
+    assert (decided.format, decided.abs_pos, decided.rel_pos, decided.layer_scale) == ("beit", "pt", "zero", "none")
+    model = our_vit()
+    report = load_pretrained(model, path)
+    assert (report.format, report.abs_pos, report.rel_pos, report.layer_scale) == ("beit", "pt", "zero", "none")
+    assert report.loaded["pos_embed"]["from"] == "pos_embed"
+    assert any("BEiT†" in n for n in report.notes) and any("layer scale: none" in n for n in report.notes)
+    torch.testing.assert_close(model.pos_embed, beit.pos_embed, rtol=0, atol=0)
+    assert torch.count_nonzero(model.rel_pos_global.relative_position_bias_table) == 0
+    with pytest.raises(ValueError, match="rel_pos='pt'.*abs_pos='pt', rel_pos='zero'"):  # explicit: still an error
+        load_pretrained(our_vit(), path, rel_pos="pt")
+    with pytest.raises(ValueError, match="layer_scale='pt' but .* has no layer scale"):
+        load_pretrained(our_vit(layer_scale_init=0.1), path, layer_scale="pt")
+
+
+def test_layer_scale_none_drops_the_files_gammas(tmp_path):
+    path = save(beit_pretrain_ckpt(timm_beit()), tmp_path)
+    assert plan(path).layer_scale == "pt"
+    report = load_pretrained(our_vit(use_abs_pos=True), path, layer_scale="none")
+    assert report.layer_scale == "none" and "blocks.0.gamma_1" in report.dropped
+
+
+# -- every public layout through build_model (init.kind set, default rules) ----------------------------
+LAYOUTS = {  # layout: (init.kind, fixture, expected (format, abs_pos, rel_pos, layer_scale))
+    "mae_encoder": ("mae", lambda: mae_encoder_ckpt(timm_vit()), ("mae", "pt", "zero", "none")),
+    "mae_full": ("mae", lambda: mae_full_ckpt(timm_vit()), ("mae", "pt", "zero", "none")),
+    "beit_shared": ("beit", lambda: beit_pretrain_ckpt(timm_beit()), ("beit", "rand", "pt", "pt")),
+    "beit_per_block": ("beit", lambda: beit_finetuned_ckpt(timm_beit(shared=False)), ("beit", "rand", "pt", "pt")),
+    "beit_dagger": ("beit", lambda: beit_dagger_ckpt(timm_beit_dagger()), ("beit", "pt", "zero", "none")),
+    "mocov3": ("mocov3", lambda: mocov3_ckpt(timm_vit()), ("mocov3", "pt", "zero", "none")),
+    "deit": ("supervised", lambda: deit_ckpt(timm_vit()), ("deit", "pt", "zero", "none")),
+}
+TINY_VIT = f"model.overrides={{depth: {DEPTH}, embed_dim: {C}, num_heads: {HEADS}, pretrain_img_size: {IMG}}}"
+
+
+def layout_config(tmp_path, kind: str, path, *sets: str):
+    from studylib import config
+
+    sets = [f"data.root={tmp_path / 'data'}", f"init.kind={kind}", f"init.checkpoint={path}", TINY_VIT, *sets]
+    return config.load(PARAMS, "smoke", sets)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_every_release_layout_loads_through_build_model(tmp_path, layout):
+    from studylib.engine.build import build_model, resolve_init
+
+    kind, make, expected = LAYOUTS[layout]
+    ckpt = make()
+    path = save(ckpt, tmp_path)
+    cfg = layout_config(tmp_path, kind, path)
+    assert (cfg.init.abs_pos, cfg.init.rel_pos, cfg.init.layer_scale) == (None, None, None)  # default rules
+    resolved = resolve_init(cfg)
+    assert (resolved.init.format, resolved.init.abs_pos, resolved.init.rel_pos, resolved.init.layer_scale) == expected
+    model = build_model(cfg, num_classes=3, out_dir=tmp_path)
+    report = json.loads((tmp_path / "load_report.json").read_text())
+    assert (report["format"], report["abs_pos"], report["rel_pos"], report["layer_scale"]) == expected
+    vit = model.backbone.vit
+    for name in vit.state_dict():
+        if name.startswith(("patch_embed.", "blocks.")):
+            assert name in report["loaded"], name
+    assert any(".ls1.gamma" in n for n in vit.state_dict()) == (expected[3] == "pt")
+    state = ckpt.get("model") or ckpt["state_dict"]
+    key = next(k for k in state if k.endswith("blocks.3.mlp.fc2.weight") and "momentum" not in k)
+    torch.testing.assert_close(vit.blocks[3].mlp.fc2.weight, state[key], rtol=0, atol=0)
+
+
 def test_beit_with_absolute_embedding_config(tmp_path):
-    """BEiT's public IN-1k config (--abs_pos_emb, no relative bias, no layer scale): the error says what to pass."""
+    """BEiT's public IN-1k config, built from timm's Beit with its defaults (no layer scale): loads by the fallback."""
     beit = _perturb(
         Beit(
             img_size=IMG,
@@ -492,9 +571,40 @@ def test_beit_with_absolute_embedding_config(tmp_path):
         0,
     )
     path = save({"model": beit.state_dict()}, tmp_path)
-    with pytest.raises(ValueError, match="abs_pos='pt', rel_pos='zero'"):
-        load_pretrained(our_vit(), path)
     model = our_vit()
-    report = load_pretrained(model, path, abs_pos="pt", rel_pos="zero")
+    report = load_pretrained(model, path)
     assert report.format == "beit" and report.loaded["pos_embed"]["from"] == "pos_embed"
+    assert (report.abs_pos, report.rel_pos, report.layer_scale) == ("pt", "zero", "none")
     torch.testing.assert_close(model.pos_embed, beit.pos_embed, rtol=0, atol=0)
+
+
+def test_beit_dagger_trains_with_init_kind_beit_and_default_rules(tmp_path):
+    """The done-when check: a BEiT† file in BEiT's public layout fine-tunes a few iterations, and the run
+    says what was decided from the file (load_report.json and the resolved config.yaml)."""
+    import yaml
+
+    from studylib import engine
+
+    path = save(beit_dagger_ckpt(timm_beit_dagger()), tmp_path, "beit_dagger.pth")
+    small = "data.synthetic={num_train: 8, num_val: 4, num_unlabeled: 0}"
+    cfg = layout_config(tmp_path, "beit", path, small, "train.max_iters=2", "train.checkpoint_every=2")
+    out = tmp_path / "run"
+    engine.run(cfg, out)
+    assert (out / "metrics.json").is_file()
+    report = json.loads((out / "load_report.json").read_text())
+    assert (report["format"], report["abs_pos"], report["rel_pos"], report["layer_scale"]) == (
+        "beit",
+        "pt",
+        "zero",
+        "none",
+    )
+    assert "rel_pos_global.relative_position_bias_table" in report["missing"]
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["init"] | {"checkpoint": None} == {
+        "kind": "beit",
+        "checkpoint": None,
+        "format": "beit",
+        "abs_pos": "pt",
+        "rel_pos": "zero",
+        "layer_scale": "none",
+    }

@@ -80,6 +80,7 @@ _DROPS: dict[str, list[tuple[str, str]]] = {
 class Converted:
     """A checkpoint in our names, before the paper's positional rules are applied."""
 
+    format: str = ""  # the layout it was converted from (one of FORMATS)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # our name -> tensor (patch_embed.*, blocks.*)
     sources: dict[str, str] = field(default_factory=dict)  # our name -> checkpoint key(s)
     pos_embed: tuple[str, torch.Tensor] | None = None  # (checkpoint key, (1, P + N, C))
@@ -182,7 +183,7 @@ def convert(fmt: str, state: Mapping[str, torch.Tensor]) -> Converted:
     """Rename a state dict of layout `fmt` to our ViT's names; sort every key into a bucket."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown checkpoint format {fmt!r}; allowed: {', '.join(FORMATS)}")
-    out, qv = Converted(), {}
+    out, qv = Converted(format=fmt), {}
     for key, t in state.items():
         if fmt == "mocov3" and re.match(r"^(module\.)?base_encoder\.head\.", key):
             out.dropped[key] = "MoCo v3 projection head"

@@ -10,6 +10,14 @@ run, which is how the positional ablation is expressed:
     zero  zeros
     no    absent: the backbone must have been built with use_abs_pos / use_rel_pos False
 
+What the file lacks is decided from the file, never a crash (`plan` says it before a model is built,
+the report's notes say it after): no layer scale in the file -> none in the model
+(`layer_scale='none'`; 'pt' keeps the file's gamma_1 / gamma_2); a rule 'pt' for a part the file
+lacks falls back to 'zero' (relative bias) or 'rand' (absolute embedding); a BEiT file with an
+absolute embedding and no relative bias (BEiT's --abs_pos_emb release, the paper's BEiT†) follows
+the paper's BEiT† row: abs_pos='pt', rel_pos='zero'. An explicit treatment the file cannot serve
+stays an error.
+
 Absolute tables are resized (bicubic) from the checkpoint's grid to our stored pre-training grid;
 relative tables lose BEiT's 3 class-token rows and are resized (bicubic) to the window and to the
 global grid. BEiT per-block tables are averaged over the blocks that share each of our tables:
@@ -35,6 +43,7 @@ from ..models.vit import ViT
 from .formats import FORMATS, SHARED_REL_TABLE, Converted, convert, detect_format, read_checkpoint, unwrap
 
 TREATMENTS = ("pt", "rand", "zero", "no")
+LAYER_SCALE = ("pt", "none")  # layer scale: the checkpoint's gamma_1 / gamma_2, or none in the model
 ALL_FORMATS = ("auto", *FORMATS, "random")
 # The paper's rule per format: (abs_pos, rel_pos).
 PAPER_RULES: dict[str, tuple[str, str]] = {fmt: ("pt", "zero") for fmt in FORMATS}
@@ -51,6 +60,7 @@ class LoadReport:
     path: str | None
     abs_pos: str
     rel_pos: str
+    layer_scale: str = "none"  # pt: the checkpoint's; none: the model has none; init: random init's constant
     loaded: dict[str, dict] = field(default_factory=dict)  # ours -> {"from": checkpoint key(s), "shape"}
     resized: dict[str, dict] = field(default_factory=dict)  # ours -> {"from": key, "from_shape", "to_shape"}
     dropped: dict[str, str] = field(default_factory=dict)  # checkpoint key -> why it has no place in ours
@@ -78,6 +88,69 @@ def positional_flags(abs_pos: str | None = None, rel_pos: str | None = None) -> 
     return {"use_abs_pos": abs_pos != "no", "use_rel_pos": rel_pos != "no"}
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What loading a file will do, decided from the file: format and the three treatments, with why."""
+
+    format: str
+    abs_pos: str
+    rel_pos: str
+    layer_scale: str
+    notes: tuple[str, ...] = ()
+
+
+def plan(
+    path: str | Path, fmt: str = "auto", abs_pos: str | None = None, rel_pos: str | None = None, layer_scale=None
+) -> Plan:
+    """The `Plan` of loading `path` (None treatments: the paper's rule, or its fallback for what the file lacks)."""
+    state, wrapper = unwrap(read_checkpoint(path), str(path))
+    return _decide(_convert(state, wrapper, fmt)[0], str(path), abs_pos, rel_pos, layer_scale)
+
+
+def _convert(state: dict, wrapper: str | None, fmt: str) -> tuple[Converted, str, str]:
+    """(converted checkpoint, format used, format detected)."""
+    if fmt not in ALL_FORMATS or fmt == "random":
+        raise ValueError(f"fmt={fmt!r}: allowed {', '.join(f for f in ALL_FORMATS if f != 'random')} for a file")
+    detected = detect_format(state if wrapper is None else {wrapper: state})
+    used = detected if fmt == "auto" else fmt
+    return convert(used, state), used, detected
+
+
+def _decide(conv: Converted, where: str, abs_pos: str | None, rel_pos: str | None, layer_scale: str | None) -> Plan:
+    """The paper's rule for `conv`'s format where the file serves it, else its stated fallback (module docstring)."""
+    _check_treatment("abs_pos", abs_pos)
+    _check_treatment("rel_pos", rel_pos)
+    if layer_scale not in (None, *LAYER_SCALE):
+        raise ValueError(f"layer_scale={layer_scale!r}: allowed {', '.join(LAYER_SCALE)} (or None: from the file)")
+    fmt, (rule_abs, rule_rel), notes = conv.format, PAPER_RULES[conv.format], []
+    has_ls = any(_is_layer_scale(k) for k in conv.tensors)
+    if rel_pos is None and rule_rel == "pt" and not conv.rel_tables:
+        rel_pos = "zero"
+        notes.append(
+            f"rel_pos: the {fmt!r} rule is 'pt' but the file has no relative position bias table: zero-initialized"
+        )
+    if abs_pos is None and rule_abs == "rand" and fmt == "beit" and not conv.rel_tables and conv.pos_embed is not None:
+        abs_pos = "pt"
+        notes.append("abs_pos: a BEiT file with an absolute embedding and no relative bias (BEiT†): transferred ('pt')")
+    if abs_pos is None and rule_abs == "pt" and conv.pos_embed is None:
+        abs_pos = "rand"
+        notes.append(f"abs_pos: the {fmt!r} rule is 'pt' but the file has no absolute embedding: trunc-normal ('rand')")
+    if layer_scale is None:
+        layer_scale = "pt" if has_ls else "none"
+        notes.append(
+            "layer scale: the file's (gamma_1 / gamma_2 or ls1 / ls2), kept ('pt')"
+            if has_ls
+            else "layer scale: none (the file has no gamma_1 / gamma_2 or ls1 / ls2 tensors)"
+        )
+    elif layer_scale == "pt" and not has_ls:
+        raise ValueError(f"layer_scale='pt' but {where} has no layer scale (gamma_1 / gamma_2); use 'none'")
+    return Plan(fmt, abs_pos or rule_abs, rel_pos or rule_rel, layer_scale, tuple(notes))
+
+
+def _is_layer_scale(name: str) -> bool:
+    return re.match(r"^blocks\.\d+\.ls[12]\.gamma$", name) is not None
+
+
 def load_pretrained(
     backbone: ViT,
     path: str | Path | None,
@@ -85,11 +158,13 @@ def load_pretrained(
     abs_pos: str | None = None,
     rel_pos: str | None = None,
     strict: bool = True,
+    layer_scale: str | None = None,
 ) -> LoadReport:
     """Load `path` (format `fmt`, 'auto' = detected) into `backbone` by the paper's rules.
 
     `path=None` with `fmt='random'` gives the paper's random initialization. abs_pos / rel_pos
-    override the format's positional rule (see the module docstring). Returns the `LoadReport`.
+    override the format's positional rule, layer_scale ('pt' | 'none') the file's own (see the module
+    docstring); the decision is the one `plan` gives. Returns the `LoadReport`.
     """
     if fmt not in ALL_FORMATS:
         raise ValueError(f"fmt={fmt!r}: allowed {', '.join(ALL_FORMATS)}")
@@ -98,20 +173,25 @@ def load_pretrained(
     if (path is None) != (fmt == "random"):
         raise ValueError(f"fmt={fmt!r} with path={path!r}: fmt='random' takes no file, every other format needs one")
     if fmt == "random":
+        if layer_scale == "pt":
+            raise ValueError("layer_scale='pt' needs a checkpoint; fmt='random' has none")
         return _random(backbone, abs_pos, rel_pos)
 
     state, wrapper = unwrap(read_checkpoint(path), str(path))
-    detected = detect_format(state if wrapper is None else {wrapper: state})
-    used = detected if fmt == "auto" else fmt
-    conv = convert(used, state)
-    rules = PAPER_RULES[used]
+    conv, used, detected = _convert(state, wrapper, fmt)
+    decided = _decide(conv, str(path), abs_pos, rel_pos, layer_scale)
+    if decided.layer_scale == "none":
+        for name in [k for k in conv.tensors if _is_layer_scale(k)]:
+            conv.dropped[conv.sources.pop(name)] = "layer_scale=none: the checkpoint's layer scale is not used"
+            del conv.tensors[name]
     report = LoadReport(
         format=used,
         path=str(path),
-        abs_pos=abs_pos or rules[0],
-        rel_pos=rel_pos or rules[1],
+        abs_pos=decided.abs_pos,
+        rel_pos=decided.rel_pos,
+        layer_scale=decided.layer_scale,
         dropped=dict(conv.dropped),
-        notes=list(conv.notes),
+        notes=list(conv.notes) + list(decided.notes),
     )
     if wrapper:
         report.notes.insert(0, f"state dict under top-level key {wrapper!r}")
@@ -133,7 +213,14 @@ def load_pretrained(
 
 def _random(backbone: ViT, abs_pos: str | None, rel_pos: str | None) -> LoadReport:
     rules = PAPER_RULES["random"]
-    report = LoadReport(format="random", path=None, abs_pos=abs_pos or rules[0], rel_pos=rel_pos or rules[1])
+    has_ls = any(_is_layer_scale(k) for k in backbone.state_dict())
+    report = LoadReport(
+        format="random",
+        path=None,
+        abs_pos=abs_pos or rules[0],
+        rel_pos=rel_pos or rules[1],
+        layer_scale="init" if has_ls else "none",
+    )
     for name, value in (("abs_pos", report.abs_pos), ("rel_pos", report.rel_pos)):
         if value == "pt":
             raise ValueError(f"{name}='pt' needs a checkpoint; fmt='random' has none")
@@ -209,7 +296,8 @@ def _check_structure(backbone: ViT, conv: Converted, where: str) -> None:
     if missing:
         raise ValueError(
             f"{where}: backbone tensors the checkpoint does not provide: {missing[:8]}"
-            f"{' ...' if len(missing) > 8 else ''} (a qkv bias or layer scale the checkpoint lacks?)"
+            f"{' ...' if len(missing) > 8 else ''} (a qkv bias or layer scale the checkpoint lacks? layer_scale="
+            f"'none' builds none)"
         )
 
 

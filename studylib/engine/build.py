@@ -5,6 +5,7 @@ This is the one place where the config touches the models: `models/` never reads
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from ..models import PRESETS, build_backbone
 from .distributed import DistInfo, barrier
 
 RESNETS = {"resnet50": 50, "resnet101": 101}
-BEIT_LAYER_SCALE = 0.1  # BEiT keeps its layer scale (paper §3.1); its release uses 0.1 for ViT-B
+BEIT_LAYER_SCALE = 0.1  # the layer scale a backbone is built with for a file that has one (then loaded over it)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -92,6 +93,55 @@ def base_dataset(dataset: Dataset):
 
 
 # -- model -----------------------------------------------------------------------------------------
+def checkpoint_file(cfg: ExperimentConfig) -> Path:
+    path = Path(cfg.init.checkpoint)
+    if not path.is_file():
+        raise ValueError(
+            f"init.checkpoint = {path}: file not found (init.kind = {cfg.init.kind!r}; run its pre-training "
+            f"stage or point to a release)"
+        )
+    return path
+
+
+def resolve_init(cfg: ExperimentConfig) -> ExperimentConfig:
+    """`cfg` with what its checkpoint file decides written in: init.format, init.abs_pos, init.rel_pos and
+    init.layer_scale (the paper's rule, or its stated fallback for what the file lacks; `checkpoints.plan`).
+
+    A random init, a ResNet or a config resolved already is returned as is. The run saves the resolved
+    config (config.yaml), so it shows, e.g., `layer_scale: none` for a BEiT file without gamma_1 / gamma_2.
+    """
+    i = cfg.init
+    resolved = None not in (i.abs_pos, i.rel_pos, i.layer_scale) and i.format != "auto"
+    if i.kind == "random" or cfg.model.backbone in RESNETS or resolved:
+        return cfg
+    from ..checkpoints import plan
+
+    decided = plan(checkpoint_file(cfg), i.format, i.abs_pos, i.rel_pos, i.layer_scale)
+    out = copy.deepcopy(cfg)
+    out.init.format, out.init.abs_pos, out.init.rel_pos = decided.format, decided.abs_pos, decided.rel_pos
+    out.init.layer_scale = decided.layer_scale
+    return out
+
+
+def layer_scale_init(cfg: ExperimentConfig) -> float | None:
+    """The backbone's layer scale: model.layer_scale for a random init; for a checkpoint, per init.layer_scale
+    (read from the file when null): built (and then loaded) where the file has it, none where it has not."""
+    m, i = cfg.model, cfg.init
+    if i.kind == "random":
+        return m.layer_scale
+    mode = i.layer_scale
+    if mode is None:
+        mode = resolve_init(cfg).init.layer_scale if Path(i.checkpoint).is_file() else None
+    if mode is None:  # no file yet (e.g. before its pre-training stage): BEiT's convention
+        mode = "pt" if "beit" in (i.kind, i.format) else "none"
+    if mode == "none" and m.layer_scale is not None:
+        raise ValueError(
+            f"experiment {cfg.name!r}: model.layer_scale = {m.layer_scale} but init.layer_scale is 'none' "
+            f"(the checkpoint {i.checkpoint} has no layer scale): unset model.layer_scale"
+        )
+    return (m.layer_scale if m.layer_scale is not None else BEIT_LAYER_SCALE) if mode == "pt" else None
+
+
 def backbone_kwargs(cfg: ExperimentConfig) -> dict:
     """`build_backbone` keywords from the config: attention layout, positions, layer scale, drop path."""
     from ..checkpoints import positional_flags
@@ -107,19 +157,15 @@ def backbone_kwargs(cfg: ExperimentConfig) -> dict:
     kwargs["global_blocks"] = {"window": [], "hybrid": None, "global": list(range(depth))}[m.attention]
     if m.window_size is not None:
         kwargs["window_size"] = m.window_size
-    layer_scale = (
-        m.layer_scale
-        if m.layer_scale is not None
-        else (BEIT_LAYER_SCALE if "beit" in (cfg.init.kind, cfg.init.format) else None)
-    )
-    kwargs["layer_scale_init"] = layer_scale
+    kwargs["layer_scale_init"] = layer_scale_init(cfg)
     return {**kwargs, **m.overrides}
 
 
 def build_model(cfg: ExperimentConfig, num_classes: int, out_dir: str | Path | None = None) -> nn.Module:
     """Mask R-CNN for `num_classes` object classes (background added here), initialized per cfg.init.
 
-    For a ViT the initialization's `LoadReport` is written to out_dir/load_report.json.
+    For a ViT the initialization's `LoadReport` is written to out_dir/load_report.json; what the
+    checkpoint file lacks is decided from the file (`resolve_init`).
     """
     from ..models.adaptor import build_adaptor
     from ..models.detector import build_mask_rcnn, build_resnet_fpn_backbone
@@ -135,17 +181,15 @@ def build_model(cfg: ExperimentConfig, num_classes: int, out_dir: str | Path | N
     else:
         from ..checkpoints import load_pretrained
 
+        cfg = resolve_init(cfg)
+        i = cfg.init
         with torch.random.fork_rng(devices=[]):  # the ViT's draws leave the adaptor's and heads' unchanged:
             vit = build_backbone(m.backbone, **backbone_kwargs(cfg))  # a seed's runs share them (paired)
-        if cfg.init.kind == "random":
-            report = load_pretrained(vit, None, "random", cfg.init.abs_pos, cfg.init.rel_pos)
+        if i.kind == "random":
+            report = load_pretrained(vit, None, "random", i.abs_pos, i.rel_pos, layer_scale=i.layer_scale)
         else:
-            if not Path(cfg.init.checkpoint).is_file():
-                raise ValueError(
-                    f"init.checkpoint = {cfg.init.checkpoint}: file not found (init.kind = "
-                    f"{cfg.init.kind!r}; run its pre-training stage or point to a release)"
-                )
-            report = load_pretrained(vit, cfg.init.checkpoint, cfg.init.format, cfg.init.abs_pos, cfg.init.rel_pos)
+            path = checkpoint_file(cfg)
+            report = load_pretrained(vit, path, i.format, i.abs_pos, i.rel_pos, layer_scale=i.layer_scale)
         if out_dir is not None:
             report.save(Path(out_dir) / "load_report.json")
         backbone = build_adaptor(vit, m.adaptor, out_channels=m.head_width, norm=m.norm)

@@ -10,6 +10,7 @@ detectron2 layers/batch_norm.py (NaiveSyncBatchNorm).
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -159,6 +160,13 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def sync_gradients(model: nn.Module, sync: bool):
+    """The context of one micro-batch's backward: DDP's `no_sync()` (gradients kept local) unless `sync`."""
+    if sync or not isinstance(model, nn.parallel.DistributedDataParallel):
+        return nullcontext()
+    return model.no_sync()
+
+
 def _convert_naive(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, NaiveSyncBatchNorm):
@@ -219,3 +227,36 @@ def per_process_batch(global_batch: int, world_size: int) -> int:
     if global_batch % world_size:
         raise ValueError(f"train.batch_size = {global_batch} does not split over {world_size} processes")
     return global_batch // world_size
+
+
+@dataclass(frozen=True)
+class BatchSplit:
+    """How train.batch_size is reached: world_size processes x images_per_gpu images x accumulation micro-batches."""
+
+    batch_size: int
+    world_size: int
+    images_per_gpu: int
+    accumulation: int
+
+    def describe(self, unit: str = "GPU") -> str:
+        """The run's start-of-log line (BatchNorm / SyncBN statistics are per micro-batch)."""
+        units = unit if self.world_size == 1 else {"process": "processes"}.get(unit, f"{unit}s")
+        return (
+            f"global batch {self.batch_size} = {self.world_size} {units} × {self.images_per_gpu} images × "
+            f"{self.accumulation} accumulation steps; BN statistics over {self.world_size * self.images_per_gpu} "
+            f"images per step"
+        )
+
+
+def batch_split(global_batch: int, world_size: int, images_per_gpu: int | None = None) -> BatchSplit:
+    """train.batch_size over `world_size` processes of train.images_per_gpu images per forward (None: all of a
+    process's share at once); the rest by gradient accumulation, which must divide exactly."""
+    share = per_process_batch(global_batch, world_size)
+    if images_per_gpu is None:
+        return BatchSplit(global_batch, world_size, share, 1)
+    if images_per_gpu < 1 or share % images_per_gpu:
+        raise ValueError(
+            f"train.batch_size = {global_batch} is not world_size {world_size} × train.images_per_gpu "
+            f"{images_per_gpu} × a whole number of accumulation steps (each process's share is {share} images)"
+        )
+    return BatchSplit(global_batch, world_size, images_per_gpu, share // images_per_gpu)

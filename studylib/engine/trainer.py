@@ -9,12 +9,18 @@ checkpoints atomically, evaluates on the val set and writes, in out_dir:
     checkpoints/last.pth   the resume point           model.pth          the final weights
     coco_results_{bbox,segm}.json, tide.json          metrics.json       flat keys, written last
 
+Where processes × train.images_per_gpu < train.batch_size, each step accumulates the gradients of
+batch_size / (processes × images_per_gpu) micro-batches (distinct images of the step's batch), each loss
+divided by their number: the step is that of the full batch whose loss is the mean of its micro-batches'
+(as DDP's is the mean of its processes'); BatchNorm / SyncBN statistics are per micro-batch.
+
 Iteration i (1-based) is the i-th optimizer step; a checkpoint after i steps resumes at step i + 1
 with the same data order, RNG states, optimizer and schedule.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import math
@@ -38,15 +44,18 @@ from tqdm import tqdm
 from ..config import ExperimentConfig
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
 from . import preempt
-from .build import base_dataset, build_datasets, build_model
+from .build import base_dataset, build_datasets, build_model, resolve_init
 from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint
 from .distributed import (
+    BatchSplit,
     DistInfo,
     ShardedBatchSampler,
     barrier,
+    batch_split,
     broadcast_object,
     per_process_batch,
     reduce_mean,
+    sync_gradients,
     wrap_ddp,
 )
 from .inference import autocast, evaluate
@@ -178,6 +187,7 @@ class Training:
     warmup: int
     lr: float
     n_parameters: int
+    split: BatchSplit
     train_time: float = 0.0
     step_times: list[float] = field(default_factory=list)
 
@@ -189,6 +199,7 @@ class Training:
 def train(cfg: ExperimentConfig, out_dir: str | Path, dist_info: DistInfo, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) the fine-tuning of `cfg` into `out_dir`; returns metrics.json's content (on every rank)."""
     out_dir = Path(out_dir)
+    cfg = resolved(cfg, dist_info.world_size)
     lock = FileLock(out_dir / ".run.lock", timeout=0) if dist_info.is_main else None
     if lock is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -210,6 +221,14 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, dist_info: DistInfo, resum
     return broadcast_object(metrics)
 
 
+def resolved(cfg: ExperimentConfig, world_size: int) -> ExperimentConfig:
+    """The config the run saves (config.yaml): the initialization as decided from its checkpoint file
+    (`resolve_init`) and train.images_per_gpu as run on `world_size` processes."""
+    cfg = copy.deepcopy(resolve_init(cfg))
+    cfg.train.images_per_gpu = batch_split(cfg.train.batch_size, world_size, cfg.train.images_per_gpu).images_per_gpu
+    return cfg
+
+
 def setup(cfg: ExperimentConfig, out_dir: Path, dist_info: DistInfo) -> Training:
     """Data, model (DDP when distributed), optimizer and schedule of a run, seeded as the recipe says."""
     device, tc = dist_info.device, cfg.train
@@ -222,7 +241,8 @@ def setup(cfg: ExperimentConfig, out_dir: Path, dist_info: DistInfo) -> Training
     n_parameters = sum(p.numel() for p in model.parameters())
     if dist_info.distributed:
         model = wrap_ddp(model, device)
-    sampler = ShardedBatchSampler(
+    split = batch_split(tc.batch_size, dist_info.world_size, tc.images_per_gpu)
+    sampler = ShardedBatchSampler(  # a step's batch per process; train_step cuts it into micro-batches
         len(train_set),
         per_process_batch(tc.batch_size, dist_info.world_size),
         dist_info.rank,
@@ -251,6 +271,7 @@ def setup(cfg: ExperimentConfig, out_dir: Path, dist_info: DistInfo) -> Training
         warmup,
         lr,
         n_parameters,
+        split,
     )
 
 
@@ -311,23 +332,28 @@ def save(run: Training, iteration: int) -> None:
 def train_step(
     run: Training, images: list[torch.Tensor], targets: list[dict], iteration: int
 ) -> tuple[dict[str, float], float]:
-    """One optimizer step (iteration is its 1-based number): the losses averaged over processes, and its lr."""
-    device, amp = run.dist_info.device, run.cfg.train.amp
-    images, targets = to_device(images, targets, device)
+    """One optimizer step (iteration is its 1-based number) over the step's batch, in `run.split.accumulation`
+    micro-batches: the losses averaged over micro-batches and processes, and its lr."""
+    device, amp, steps = run.dist_info.device, run.cfg.train.amp, run.split.accumulation
     group = run.optimizer.param_groups[0]
     lr_now = group["lr"] / group["lr_scale"]
-    with autocast(device, amp):
-        loss_dict = run.model(images, targets)
-    loss = sum(loss_dict.values())
-    logged = reduce_mean({"loss": loss.detach(), **{k: v.detach() for k, v in loss_dict.items()}})
-    check_finite(iteration, logged)
     run.optimizer.zero_grad(set_to_none=True)
+    n, totals = len(images) // steps, {}
+    for j in range(steps):
+        micro = to_device(images[j * n : (j + 1) * n], targets[j * n : (j + 1) * n], device)
+        with sync_gradients(run.model, sync=j == steps - 1):  # DDP all-reduces at the last micro-batch only
+            with autocast(device, amp):
+                loss_dict = run.model(*micro)
+            loss = sum(loss_dict.values()) / steps
+            (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
+        for k, v in {"loss": loss.detach() * steps, **loss_dict}.items():
+            totals[k] = totals.get(k, 0.0) + v.detach() / steps
+    logged = reduce_mean(totals)
+    check_finite(iteration, logged)  # before the optimizer step: the parameters stay finite
     if run.scaler is not None:
-        run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
     else:
-        loss.backward()
         run.optimizer.step()
     run.scheduler.step()
     if device.type == "cuda":
@@ -348,6 +374,7 @@ def train_loop(run: Training, start: int, history: History) -> None:
             f"{run.n_parameters / 1e6:.2f}M parameters",
             file=sys.stderr,
         )
+        print(f"[train] {run.split.describe('GPU' if device.type == 'cuda' else 'process')}", file=sys.stderr)
     iteration = start
     run.model.train()
     try:
@@ -415,6 +442,8 @@ def finish(run: Training, history: History) -> dict[str, Any]:
             "train/iterations": run.total,
             "train/global_batch": tc.batch_size,
             "train/world_size": dist_info.world_size,
+            "train/images_per_gpu": run.split.images_per_gpu,
+            "train/accumulation_steps": run.split.accumulation,
             "train/lr_eff": run.lr,
             "train/time_s": run.train_time,
             "train/iter_time_s": float(np.mean(run.step_times)) if run.step_times else float("nan"),
