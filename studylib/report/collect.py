@@ -37,6 +37,11 @@ REPORTED = (
     "train/peak_mem_gb",
     "infer/time_per_image_s",
 )
+TABLE3_FACTS = {  # metrics.json key -> the attention row's key (also kept for an OOM run)
+    "train/images_per_gpu": "images_per_gpu",
+    "train/attention_kernel": "attention_kernel",
+    "train/peak_mem_meaning": "peak_mem_meaning",
+}
 
 
 def read_json(path: Path) -> Any:
@@ -57,6 +62,7 @@ def read_run(root: Path, run: study.Run) -> dict[str, Any]:
     if status == "ok":  # NaN (e.g. no timed iteration in a very short run) is not JSON: null
         out.update({k: None if metrics[k] != metrics[k] else metrics[k] for k in REPORTED if k in metrics})
         out["n_parameters"] = metrics.get("n_parameters")
+    out["facts"] = {k: metrics[k] for k in TABLE3_FACTS if k in metrics}
     cfg = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else {}
     out["epochs"] = cfg.get("train", {}).get("epochs")
     if (d / "load_report.json").is_file():
@@ -171,10 +177,10 @@ def collect(params: str | Path | dict, root: str | Path = ".") -> dict[str, Any]
             multiscale[name] = _row(m, adaptor=diff["model.adaptor"])
         if "model.attention" in diff or "model.use_checkpoint" in diff:
             attention.setdefault(
-                f"{r.init}/hybrid (default)", _row(default(r.init), attention="hybrid", checkpointing=False)
+                f"{r.init}/hybrid (default)", _attention_row(default(r.init), attention="hybrid", checkpointing=False)
             )
             cfg = config.load(p, r.experiment)
-            attention[name] = _row(m, attention=cfg.model.attention, checkpointing=cfg.model.use_checkpoint)
+            attention[name] = _attention_row(m, attention=cfg.model.attention, checkpointing=cfg.model.use_checkpoint)
         if "init.abs_pos" in diff or "init.rel_pos" in diff:
             d = default(r.init)
             positional.setdefault(
@@ -226,6 +232,12 @@ def _row(m: dict[str, Any], **fields: Any) -> dict[str, Any]:
         "run",
     )
     return {**fields, **{k: m[k] for k in keep if k in m}}
+
+
+def _attention_row(m: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """Table 3's row: `_row` with the images per GPU and the attention kernel the run wrote (None before them)."""
+    facts = m.get("facts", {})
+    return _row(m, **fields) | {row_key: facts.get(key) for key, row_key in TABLE3_FACTS.items()}
 
 
 def _num(x: str) -> float:
