@@ -176,10 +176,12 @@ def complexity_table(summary: dict[str, Any]) -> pd.DataFrame:
             {
                 "experiment": name,
                 "backbone": c["backbone"],
-                "input": f"{c['img_size']}²",
+                "input": f"{c['img_size']}²" if c.get("input", "square") == "square" else f"long side {c['img_size']}",
+                "weights": "trained" if c.get("weights") else "random",
                 "params (M)": f"{c['params_m']:.1f}",
                 "GFLOPs (mult-add = 2)": f"{c['gflops']:.1f} ± {c['gflops_std']:.1f}",
                 "activations (M)": f"{c['activations_m']:.1f} ± {c['activations_m_std']:.1f}",
+                "detections": "–" if "detections" not in c else f"{c['detections']:.1f} ± {c['detections_std']:.1f}",
                 "fps": f"{c['fps']:.2f}",
                 "device": c["device"],
                 "AP box": "no run" if c.get("bbox/AP") is None else f"{100 * c['bbox/AP']:.1f}",
