@@ -15,7 +15,10 @@
 
 # %% [markdown]
 # # Model complexity (Table 5)
-# Parameters, FLOPs and activations counted at run time on real validation images (mean ± std), and inference fps, for one experiment (random weights).
+# Parameters, FLOPs and activations counted at run time on real validation images (mean ± std), and inference fps, for one experiment.
+# `weights`: a finished run's folder (its final `model.pth`) or the file, loaded into the experiment's detector, as
+# the paper counts trained models (the RoI heads' share depends on the detections); "" counts random weights.
+# ViTs run at their square input, ResNets at the image's own aspect ratio (longest side img_size).
 
 # %%
 import os
@@ -30,14 +33,17 @@ os.chdir(project_root())  # Jupyter starts the kernel in notebooks/: every path 
 params_file = "params.yaml"
 experiment = "main"
 out_path = ""  # "": runs/complexity/<experiment>.json
+weights = ""  # "": study.complexity.weights.<experiment> (a trained run of the study), else random weights;
+# or a trained run's folder (or its model.pth) of this experiment's model
 
 # %%
 s = study.study(params_file)["complexity"]
 cfg = config.load(params_file, experiment, ["init.kind=random", "init.checkpoint=null"])
 out_path = out_path or f"runs/complexity/{experiment}.json"
-print(cfg.model.backbone, cfg.data.img_size, out_path)
+weights = weights or (s.get("weights") or {}).get(experiment, "")
+print(cfg.model.backbone, cfg.data.img_size, out_path, weights or "random weights")
 
 # %%
-result = complexity.measure(cfg, s["images"], s["fps_images"])
+result = complexity.measure(cfg, s["images"], s["fps_images"], weights=weights or None)
 atomic_write_json(out_path, result)
 result

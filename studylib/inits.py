@@ -115,7 +115,6 @@ def _recipe(p: dict, like: str, lr: float | None, weight_decay: float | None) ->
     )
 
 
-
 def add(
     name: str,
     checkpoint: list[str],

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from studylib import complexity, config
+from studylib.report import tables
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -63,3 +64,43 @@ def _model(cfg):
 
     _, val = build_datasets(cfg)
     return build_model(cfg, val.dataset.num_classes if hasattr(val, "dataset") else val.num_classes)
+
+
+def test_trained_weights_make_the_detection_dependent_counts_vary(tmp_path):
+    """Table 5 counts a trained detector: how many boxes reach the mask head differs per image, and so do the counts."""
+    from studylib import engine
+
+    sets = [f"data.root={tmp_path / 'data'}", "train.threads=1", "data.synthetic={num_train: 8, num_val: 4}"]
+    train = ["train.max_iters=40", "train.lr=0.032", "train.lr_mult=1.0"]  # as test_train's overfitting run
+    engine.run(config.load(PARAMS, "smoke", sets + train), tmp_path / "run")
+    cfg = config.load(PARAMS, "smoke", sets)
+    trained = complexity.measure(cfg, num_images=4, fps_images=1, device="cpu", weights=tmp_path / "run")
+    assert trained["weights"] == str(tmp_path / "run" / "model.pth")
+    assert trained["detections_std"] > 0 and len(set(trained["gflops_per_image"])) > 1
+    assert trained["gflops_std"] > 0 and trained["activations_m_std"] > 0
+    assert trained["gflops"] == pytest.approx(sum(trained["gflops_per_image"]) / 4)
+    assert trained["input"] == "square" and trained["input_sizes"] == [[64, 64]] * 4
+    row = tables.complexity_table({"complexity": {"smoke": trained}}).iloc[0]
+    assert row["weights"] == "trained" and row["input"] == "64²" and " ± " in row["detections"]
+    untrained = complexity.measure(cfg, num_images=1, fps_images=1, device="cpu")
+    assert untrained["weights"] is None
+    with pytest.raises(ValueError, match="does not fit its detector"):
+        other = config.load(PARAMS, "smoke", [*sets, "model.overrides={depth: 4, embed_dim: 32, num_heads: 2}"])
+        complexity.measure(other, num_images=1, fps_images=1, device="cpu", weights=tmp_path / "run" / "model.pth")
+    with pytest.raises(ValueError, match="not found"):
+        complexity.measure(cfg, num_images=1, fps_images=1, device="cpu", weights=tmp_path / "nothing")
+
+
+def test_resnets_run_at_the_images_own_aspect_ratio_vits_at_their_square(tmp_path):
+    image = torch.rand(3, 60, 120)  # 1:2, longest side -> 128, padded to a multiple of 32 only
+    sets = [f"data.root={tmp_path / 'data'}", "data.img_size=128"]
+    resnet = complexity.at_own_aspect_ratio(
+        _model(config.load(PARAMS, "smoke", [*sets, "model.backbone=resnet50"])), 128
+    )
+    vit = _model(config.load(PARAMS, "smoke", sets))
+    seen = {}
+    for name, model in (("resnet", resnet), ("vit", vit)):
+        with complexity.backbone_inputs(model) as sizes:
+            complexity.count_forward(model, image)
+        seen[name] = sizes
+    assert seen == {"resnet": [(64, 128)], "vit": [(128, 128)]}

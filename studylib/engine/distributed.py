@@ -10,6 +10,8 @@ detectron2 layers/batch_norm.py (NaiveSyncBatchNorm).
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterator
@@ -98,6 +100,61 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+OOM_KEY = "studylib/out_of_memory"
+PEER_OOM_GRACE_S = 60.0  # how long a process told of a peer's OOM lets its main thread return before it exits
+
+
+class OomSignal:
+    """An out-of-memory error of one process, told to every process of the group out of band.
+
+    A process that runs out of memory stops mid-step, while the others may wait in a collective it
+    will never join (SyncBN's all-reduce in the forward, DDP's gradient buckets in the backward): a
+    flag all-reduced at some fixed point would pair with one of those, or never be reached. So the
+    failing process `publish`es the error in the process group's key-value store (torchrun's
+    rendezvous store, not a collective). The others learn it in two ways: their pending collective
+    fails when the failing process leaves the group (gloo), and the main thread then asks `peer()`;
+    or (NCCL, where a collective waits on the GPU) a watcher thread polls the store and, if the main
+    thread has not returned `PEER_OOM_GRACE_S` seconds after the news, ends the process with exit
+    status 0: the run is recorded (metrics.json, by the failing process), so every process exits 0.
+    Single process: no store, no thread; `peer()` is None.
+    """
+
+    def __init__(self, info: DistInfo, grace_s: float | None = None):
+        self.rank, self.published = info.rank, False
+        self.grace_s = PEER_OOM_GRACE_S if grace_s is None else grace_s
+        self.store = dist.distributed_c10d._get_default_store() if info.distributed else None
+        self.done = threading.Event()
+        if self.store is not None:
+            threading.Thread(target=self._watch, name="studylib-oom-watch", daemon=True).start()
+
+    def publish(self, message: str) -> None:
+        self.published = True
+        if self.store is not None:
+            self.store.set(OOM_KEY, f"rank {self.rank}: {message}")
+
+    def peer(self) -> str | None:
+        """The OOM another process published ('rank R: message'), or None."""
+        if self.store is None or self.published or not self.store.check([OOM_KEY]):
+            return None
+        return self.store.get(OOM_KEY).decode()
+
+    def close(self) -> None:
+        self.done.set()
+
+    def _watch(self) -> None:
+        while not self.done.wait(1.0):
+            news = self.peer()
+            if news is not None:
+                if not self.done.wait(self.grace_s):
+                    print(
+                        f"[train] rank {self.rank}: {news}; this process waits in a collective: exits", file=sys.stderr
+                    )
+                    sys.stderr.flush()
+                    sys.stdout.flush()
+                    os._exit(0)
+                return
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -13,6 +13,9 @@ Where processes × train.images_per_gpu < train.batch_size, each step accumulate
 batch_size / (processes × images_per_gpu) micro-batches (distinct images of the step's batch), each loss
 divided by their number: the step is that of the full batch whose loss is the mean of its micro-batches'
 (as DDP's is the mean of its processes'); BatchNorm / SyncBN statistics are per micro-batch.
+An out-of-memory error in a training iteration, on any process, is a result (Table 3): metrics.json
+then holds `status: "oom"`, the images per GPU and the attention kernel, and every process returns
+normally (`OomSignal` tells the other processes, which may be waiting in a collective).
 
 Iteration i (1-based) is the i-th optimizer step; a checkpoint after i steps resumes at step i + 1
 with the same data order, RNG states, optimizer and schedule.
@@ -49,6 +52,7 @@ from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkp
 from .distributed import (
     BatchSplit,
     DistInfo,
+    OomSignal,
     ShardedBatchSampler,
     barrier,
     batch_split,
@@ -81,11 +85,43 @@ def set_determinism(on: bool, device: torch.device) -> None:
     torch.backends.cudnn.benchmark = not on
 
 
+PEAK_MEM_MEANING = {
+    "cuda": "CUDA max allocated over the training iterations (evaluations excluded)",
+    "cpu": "peak resident set size of the process (ru_maxrss: cannot be reset, so it includes setup)",
+}
+
+
 def peak_memory_gb(device: torch.device) -> float:
-    """CUDA max allocated, or the process's peak resident set size on CPU (Linux reports KiB)."""
+    """CUDA max allocated since the last `reset_peak_memory`, or the process's peak resident set size on CPU
+    (Linux reports KiB; the kernel keeps it from the process's start, no reset)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def attention_kernel(model: torch.nn.Module, device: torch.device, amp: str) -> str:
+    """The scaled-dot-product-attention backend torch picks for the ViT's attention (SDPA, models/vit.py),
+    without and with an additive mask (relative bias, window padding), at the run's device and dtype;
+    'none' for a backbone without attention (ResNet)."""
+    from torch.nn.attention import SDPBackend
+
+    from ..models.vit import Attention
+
+    attn = next((m for m in model.modules() if isinstance(m, Attention)), None)
+    if attn is None:
+        return "none"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if device.type == "cuda" else None  # autocast's
+    dim = attn.qkv.in_features // attn.num_heads
+    q = torch.zeros(1, attn.num_heads, 16, dim, device=device, dtype=dtype or torch.float32, requires_grad=True)
+    mask = torch.zeros(1, attn.num_heads, 16, 16, device=device, dtype=q.dtype)
+    plain, masked = (SDPBackend(torch._fused_sdp_choice(q, q, q, m)).name.lower() for m in (None, mask))
+    kernel = plain if plain == masked else f"{plain}, masked: {masked}"
+    return f"SDPA {kernel} ({device.type})"
 
 
 class History:
@@ -188,6 +224,8 @@ class Training:
     lr: float
     n_parameters: int
     split: BatchSplit
+    iteration: int = 0
+    peak_mem_gb: float = 0.0  # over the training iterations before the last periodic evaluation (CUDA)
     train_time: float = 0.0
     step_times: list[float] = field(default_factory=list)
 
@@ -212,8 +250,26 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, dist_info: DistInfo, resum
     run = setup(cfg, out_dir, dist_info)
     start = restore(run) if resume else 0
     history = History(out_dir, start, dist_info.is_main, resume)
-    train_loop(run, start, history)
-    metrics = finish(run, history)
+    oom = OomSignal(dist_info)
+    try:
+        train_loop(run, start, history)
+    except torch.OutOfMemoryError as e:  # Table 3 reports it: a result, not a failure
+        oom.publish(str(e).splitlines()[0] if str(e) else "out of memory")
+        metrics = out_of_memory(run, str(e))
+    except Exception:
+        if oom.peer() is None:
+            raise
+        metrics = {"status": "oom"}  # the failing process wrote metrics.json
+    else:
+        metrics = finish(run, history)
+    finally:
+        oom.close()
+    if metrics.get("status") == "oom":
+        history.close()
+        if lock is not None:
+            (out_dir / ".run.lock").unlink(missing_ok=True)
+            lock.release()
+        return metrics  # no collective: a process may have left the group
     if lock is not None:
         (out_dir / ".run.lock").unlink(missing_ok=True)
         lock.release()
@@ -375,8 +431,9 @@ def train_loop(run: Training, start: int, history: History) -> None:
             file=sys.stderr,
         )
         print(f"[train] {run.split.describe('GPU' if device.type == 'cuda' else 'process')}", file=sys.stderr)
-    iteration = start
+    iteration = run.iteration = start
     run.model.train()
+    reset_peak_memory(device)  # the training peak: iterations only, not setup or evaluation
     try:
         while iteration < run.total:
             epoch, position = divmod(iteration, run.sampler.batches_per_epoch)
@@ -396,7 +453,7 @@ def train_loop(run: Training, start: int, history: History) -> None:
                 values, lr_now = train_step(run, images, targets, iteration + 1)
                 dt = time.perf_counter() - t0
                 run.train_time += dt
-                iteration += 1
+                iteration = run.iteration = iteration + 1
                 if iteration - start > WARMUP_ITERS_SKIPPED:
                     run.step_times.append(dt)
                 history.log(iteration, values, lr_now)
@@ -418,9 +475,11 @@ def train_loop(run: Training, start: int, history: History) -> None:
                 if stop:
                     raise preempt.Preempted(iteration)
                 if tc.eval_every and iteration % tc.eval_every == 0 and iteration < run.total:
+                    run.peak_mem_gb = max(run.peak_mem_gb, peak_memory_gb(device))
                     result = evaluate(run.model, run.val_set, device, tc.amp, cfg.eval.backend, dist_info=dist_info)
                     if result is not None:
                         history.log_eval(result["metrics"])
+                    reset_peak_memory(device)
                 if iteration >= run.total:
                     break  # the final evaluation is logged at this step
                 history.next_step()
@@ -431,6 +490,7 @@ def train_loop(run: Training, start: int, history: History) -> None:
 def finish(run: Training, history: History) -> dict[str, Any]:
     """The final evaluation; on rank 0 the run's outputs and metrics.json (written last), returned."""
     tc, dist_info = run.cfg.train, run.dist_info
+    peak_mem = max(run.peak_mem_gb, peak_memory_gb(dist_info.device))  # before the final evaluation
     result = evaluate(run.model, run.val_set, dist_info.device, tc.amp, run.cfg.eval.backend, dist_info=dist_info)
     if not dist_info.is_main:
         return {}
@@ -447,11 +507,44 @@ def finish(run: Training, history: History) -> dict[str, Any]:
             "train/lr_eff": run.lr,
             "train/time_s": run.train_time,
             "train/iter_time_s": float(np.mean(run.step_times)) if run.step_times else float("nan"),
-            "train/peak_mem_gb": peak_memory_gb(dist_info.device),
+            "train/peak_mem_gb": peak_mem,
+            **run_facts(run),
         }
     )
     history.close()
     atomic_write_json(run.out_dir / "metrics.json", metrics)  # last: marks the run complete
+    return metrics
+
+
+def run_facts(run: Training) -> dict[str, Any]:
+    """What Table 3 shows beside its numbers: images per GPU (per process), attention and its kernel."""
+    m, device = run.cfg.model, run.dist_info.device
+    return {
+        "train/images_per_gpu": run.sampler.batch_size,
+        "train/attention": m.attention,
+        "train/use_checkpoint": m.use_checkpoint,
+        "train/attention_kernel": attention_kernel(run.model, device, run.cfg.train.amp),
+        "train/peak_mem_meaning": PEAK_MEM_MEANING[device.type],
+    }
+
+
+def out_of_memory(run: Training, error: str) -> dict[str, Any]:
+    """metrics.json of a run that ran out of memory at `run.iteration + 1`, written by the failing process."""
+    if run.dist_info.device.type == "cuda":
+        run.optimizer.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+    metrics = {
+        "status": "oom",
+        "error": error.splitlines()[0] if error else "out of memory",
+        "rank": run.dist_info.rank,
+        "iteration": run.iteration + 1,
+        "seed": run.cfg.train.seed,
+        "train/world_size": run.dist_info.world_size,
+        "train/global_batch": run.cfg.train.batch_size,
+        **run_facts(run),
+    }
+    print(f"[train] rank {metrics['rank']}: out of memory at iteration {metrics['iteration']}", file=sys.stderr)
+    atomic_write_json(run.out_dir / "metrics.json", metrics)
     return metrics
 
 

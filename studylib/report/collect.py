@@ -42,6 +42,11 @@ REPORTED = (
     "train/peak_mem_gb",
     "infer/time_per_image_s",
 )
+TABLE3_FACTS = {  # metrics.json key -> the attention row's key (also kept for an OOM run)
+    "train/images_per_gpu": "images_per_gpu",
+    "train/attention_kernel": "attention_kernel",
+    "train/peak_mem_meaning": "peak_mem_meaning",
+}
 
 
 def read_json(path: Path) -> Any:
@@ -62,6 +67,7 @@ def read_run(root: Path, run: study.Run) -> dict[str, Any]:
     if status == "ok":  # NaN (e.g. no timed iteration in a very short run) is not JSON: null
         out.update({k: None if metrics[k] != metrics[k] else metrics[k] for k in REPORTED if k in metrics})
         out["n_parameters"] = metrics.get("n_parameters")
+    out["facts"] = {k: metrics[k] for k in TABLE3_FACTS if k in metrics}
     cfg = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else {}
     out["epochs"] = cfg.get("train", {}).get("epochs")
     if (d / "load_report.json").is_file():
@@ -218,8 +224,12 @@ def collect(params: str | Path | dict, root: str | Path = ".") -> dict[str, Any]
             multiscale[name] = _row(m, adaptor=cfg.model.adaptor, **at)
         if "table3" in r.tables:
             d = default(r.init, r.size, r.epochs)
-            attention.setdefault(label(r, "hybrid (default)"), _row(d, attention="hybrid", checkpointing=False, **at))
-            attention[name] = _row(m, attention=cfg.model.attention, checkpointing=cfg.model.use_checkpoint, **at)
+            attention.setdefault(
+                label(r, "hybrid (default)"), _attention_row(d, attention="hybrid", checkpointing=False, **at)
+            )
+            attention[name] = _attention_row(
+                m, attention=cfg.model.attention, checkpointing=cfg.model.use_checkpoint, **at
+            )
         if "table4" in r.tables:
             d = default(r.init, r.size, r.epochs)
             positional.setdefault(
@@ -270,6 +280,12 @@ def _row(m: dict[str, Any], **fields: Any) -> dict[str, Any]:
         "run",
     )
     return {**fields, **{k: m[k] for k in keep if k in m}}
+
+
+def _attention_row(m: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """Table 3's row: `_row` with the images per GPU and the attention kernel the run wrote (None before them)."""
+    facts = m.get("facts", {})
+    return _row(m, **fields) | {row_key: facts.get(key) for key, row_key in TABLE3_FACTS.items()}
 
 
 def _num(x: str) -> float:

@@ -146,6 +146,18 @@ def ablation_table(rows: dict[str, dict[str, Any]], fields: tuple[str, ...]) -> 
     return pd.DataFrame(out)
 
 
+def attention_table(rows: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Table 3 with the images per GPU (per process) and the attention kernel beside the numbers; its footnote
+    (`attrs["footnote"]`, written under the table) says what the peak memory measured."""
+    df = ablation_table(rows, ("attention", "checkpointing", "images_per_gpu", "attention_kernel"))
+    df = df.rename(columns={"images_per_gpu": "images / GPU", "attention_kernel": "attention kernel"})
+    meanings = sorted({m["peak_mem_meaning"] for m in rows.values() if m.get("peak_mem_meaning")})
+    df.attrs["footnote"] = (
+        "Peak train mem: " + ("; ".join(meanings) if meanings else "not recorded by these runs") + "."
+    )
+    return df
+
+
 def pretrain_length_table(summary: dict[str, Any], pub: dict[str, Any]) -> pd.DataFrame:
     rows = [
         {
@@ -177,10 +189,12 @@ def complexity_table(summary: dict[str, Any]) -> pd.DataFrame:
             {
                 "experiment": name,
                 "backbone": c["backbone"],
-                "input": f"{c['img_size']}²",
+                "input": f"{c['img_size']}²" if c.get("input", "square") == "square" else f"long side {c['img_size']}",
+                "weights": "trained" if c.get("weights") else "random",
                 "params (M)": f"{c['params_m']:.1f}",
                 "GFLOPs (mult-add = 2)": f"{c['gflops']:.1f} ± {c['gflops_std']:.1f}",
                 "activations (M)": f"{c['activations_m']:.1f} ± {c['activations_m_std']:.1f}",
+                "detections": "–" if "detections" not in c else f"{c['detections']:.1f} ± {c['detections_std']:.1f}",
                 "fps": f"{c['fps']:.2f}",
                 "device": c["device"],
                 "AP box": "no run" if c.get("bbox/AP") is None else f"{100 * c['bbox/AP']:.1f}",
@@ -197,7 +211,7 @@ def tables(summary: dict[str, Any]) -> dict[str, pd.DataFrame]:
         **{f"table1_main_{size}": main_table(summary, pub, size) for size in summary.get("sizes", [])[1:]},
         "figure2_convergence": convergence_table(summary, pub),
         "table2_multiscale": ablation_table(summary["multiscale"], ("adaptor",)),
-        "table3_attention": ablation_table(summary["attention"], ("attention", "checkpointing")),
+        "table3_attention": attention_table(summary["attention"]),
         "table4_positional": ablation_table(summary["positional"], ("init", "abs_pos", "rel_pos")),
         "figure3_pretrain_length": pretrain_length_table(summary, pub),
         "figure4_tide": tide_table(summary),
@@ -213,6 +227,8 @@ def write(frames: dict[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
     paths = []
     for name, df in frames.items():
         md = df.to_markdown(index=False) if len(df) else "(no run of this kind in the study's params)"
+        if len(df) and df.attrs.get("footnote"):
+            md += "\n\n" + df.attrs["footnote"]
         paths.append(atomic_write_text(out_dir / f"{name}.md", md + "\n"))
         paths.append(atomic_write_text(out_dir / f"{name}.csv", df.to_csv(index=False, lineterminator="\n")))
     return paths
