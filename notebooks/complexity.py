@@ -33,14 +33,14 @@ os.chdir(project_root())  # Jupyter starts the kernel in notebooks/: every path 
 params_file = "params.yaml"
 experiment = "main"
 out_path = ""  # "": runs/complexity/<experiment>.json
-weights = ""  # "": study.complexity.weights.<experiment> (a trained run of the study), else random weights;
-# or a trained run's folder (or its model.pth) of this experiment's model
+weights = ""  # a trained run's folder (or its model.pth) of this experiment's model; "none": random weights;
+# "": study.complexity.weights.<experiment> if it names one, else random weights
 
 # %%
 s = study.study(params_file)["complexity"]
 cfg = config.load(params_file, experiment, ["init.kind=random", "init.checkpoint=null"])
 out_path = out_path or f"runs/complexity/{experiment}.json"
-weights = weights or (s.get("weights") or {}).get(experiment, "")
+weights = "" if weights == "none" else weights or (s.get("weights") or {}).get(experiment, "")
 print(cfg.model.backbone, cfg.data.img_size, out_path, weights or "random weights")
 
 # %%

@@ -64,13 +64,12 @@ def test_add_writes_the_three_entries_keeps_comments_and_lists_the_rule(micro: P
     assert cli("add", "mine", "--checkpoint", "mine.pth") == 0
     out = capsys.readouterr().out
     assert "mine: format mae (detected)" in out and "abs_pos pt, rel_pos zero" in out  # the loader's report
-    assert "runs/main/mine-main-s0" in out and "runs/convergence/mine-x2" in out
+    assert "runs/main/mine-main-x1-s0" in out and "runs/main/mine-main-x2-s0" in out  # every length of the sweep
     after = (micro / "params.yaml").read_text()
     p = yaml.safe_load(after)
     assert p["recipes"]["mine"] == p["recipes"]["mae"]
     assert p["study"]["inits"] == ["random", "supervised", "mocov3", "beit", "mae", "mine"]
     assert p["study"]["checkpoints"]["mine"] == {"file": "mine.pth", "format": "mae"}
-    assert p["study"]["convergence"]["mine-x2"] == {"init": "mine", "schedule": 2}  # mae's schedules
     comments = [ln.split("#", 1)[1].strip() for ln in before.splitlines() if "#" in ln]
     assert all(c in after for c in comments)
     sets = study.run_sets(p, "mine", seed=0)
@@ -105,7 +104,7 @@ def test_lr_note_where_the_scale_fixes_the_lr(tmp_path: Path, monkeypatch, capsy
     assert cli("add", "mine", "--checkpoint", "mine.pth", "--lr", "1e-4", "--dry-run") == 0
     out = capsys.readouterr().out
     assert "note: scale 'embedded' sets train.lr for every initialization: recipes.mine.lr" in out
-    assert "mine: {lr: 0.0001, weight_decay: 0.1}" in out and "mine-x0.5: {init: mine, schedule: 0.5}" in out
+    assert "mine: {lr: 0.0001, weight_decay: 0.1}" in out and "inits: [random, supervised, mocov3, beit, mae, mine]" in out
     assert (tmp_path / "params.yaml").read_text() == (REPO / "params.yaml").read_text()  # --dry-run
 
 
@@ -201,11 +200,12 @@ def test_report_puts_user_inits_after_the_paper_and_pairs_seeds_with_random(micr
     p = yaml.safe_load((micro / "params.yaml").read_text())
     p["study"]["inits"] = ["mine", *(i for i in p["study"]["inits"] if i != "mine")]  # the report orders them
     p["study"]["seeds"] = [0, 1, 2]
+    p["study"]["paired"]["seeds"] = []
     fake_study(micro, p)
     diffs = {0: 0.01, 1: 0.03, 2: 0.08}
     for run in study.runs(p)["main"]:
         if run.init in ("random", "mine"):
-            fake_run(micro, run, 0.2 + 0.02 * run.seed + (diffs[run.seed] if run.init == "mine" else 0), 0.5)
+            fake_run(micro, run, 0.2 + 0.02 * run.seed + (diffs[run.seed] if run.init == "mine" else 0), run.epochs)
     summary = collect.collect(p, micro)
     order = ["random", "supervised", "mocov3", "beit", "mae", "mine"]
     assert list(summary["main"]) == ["mine", *order[:-1]] and config.init_order(summary["main"]) == order
@@ -215,12 +215,13 @@ def test_report_puts_user_inits_after_the_paper_and_pairs_seeds_with_random(micr
     assert paired["ci95"] == pytest.approx([0.04 - half, 0.04 + half])
     assert "bbox/AP_vs_random" not in summary["main"]["random"]
     assert set(summary["tide"]) == set(order) and "mine" in summary["convergence"]
-    assert len(summary["convergence"]["mine"]) == 2  # main's 1x and mine-x2
+    assert len(summary["convergence"]["mine"]) == 2  # the sweep's two lengths
     frames = tables.tables(summary)
     t1 = frames["table1_main"]
     assert list(t1["init"]) == order
-    assert t1.set_index("init").loc["mine", "box vs random"] == (
-        f"+4.0 (beats random); 95% CI [{100 * (0.04 - half):+.1f}, {100 * (0.04 + half):+.1f}]"
+    col = f"box − random at {p['study']['paired']['epochs']:g} epochs (paired, 95% CI)"
+    assert t1.set_index("init").loc["mine", col] == (
+        f"+4.0 [{100 * (0.04 - half):+.1f}, {100 * (0.04 + half):+.1f}] (not separable from random; n = 3)"
     )
     assert list(dict.fromkeys(frames["figure2_convergence"]["init"]))[:6] == order
     assert list(frames["figure4_tide"]["init"]) == list(summary["tide"])
@@ -243,7 +244,7 @@ def add_reproduce_remove(root: Path) -> None:
     mae_release(root / "mine.pth", cfg.model.backbone, **cfg.model.overrides)
     r = run(sys.executable, "-m", "studylib.inits", "add", "mine", "--checkpoint", "mine.pth")
     assert r.returncode == 0, r.stderr
-    ours = {"check", "init@mine", "main@mine-main-0", "convergence@mine-x2", "report"}
+    ours = {"check", "init@mine", "main@mine-main-1-0", "main@mine-main-2-0", "report"}
     assert f"the next `dvc repro` runs {len(ours)} stage(s): {', '.join(sorted(ours))}" in r.stdout, r.stdout
     r = run("dvc", "repro")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -251,7 +252,7 @@ def add_reproduce_remove(root: Path) -> None:
     assert ran == ours, r.stdout  # nothing of the other initializations
     summary = json.loads((root / "results/summary.json").read_text())
     assert "mine" in summary["main"] and summary["main"]["mine"]["bbox/AP_vs_random"]["seeds"] == [0]
-    assert "mine" in summary["tide"] and len(summary["convergence"]["mine"]) == 2  # main's 1x and mine-x2
+    assert "mine" in summary["tide"] and len(summary["convergence"]["mine"]) == 2  # the sweep's two lengths
     rows = (root / "results/tables/table1_main.md").read_text().splitlines()[2:]
     assert [r.split("|")[1].strip() for r in rows] == ["random", "supervised", "mocov3", "beit", "mae", "mine"]
 

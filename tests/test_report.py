@@ -73,7 +73,7 @@ def fake_study(root: Path, params: dict, oom: str | None = None) -> None:
     for runs in study.runs(params).values():
         for i, run in enumerate(runs):
             fake_run(root, run, fake_ap(params, run, i), run.epochs, "oom" if run.name == oom else "ok")
-    for name in s["complexity"]["experiments"]:
+    for name in [*(s["complexity"].get("weights") or {}), *s["complexity"]["experiments"]]:
         c = {
             "experiment": name,
             "backbone": "vit_micro",

@@ -252,7 +252,7 @@ def collect(params: str | Path | dict, root: str | Path = ".") -> dict[str, Any]
     complexity = {}
     weights = s["complexity"].get("weights") or {}
     runs_by_dir = {d: rm for fam in by.values() for d, rm in fam.items()}
-    for name in s["complexity"]["experiments"]:
+    for name in [*weights, *s["complexity"]["experiments"]]:
         c = read_json(root / study.RUN_DIRS["complexity"] / f"{name}.json")
         r, m = runs_by_dir.get(weights.get(name), (None, {}))
         c["init"] = r.init if r else None

@@ -147,8 +147,8 @@ def study(params: str | Path | dict) -> dict:
         raise ValueError("params: study.schedules is empty: Table 1 needs at least one schedule")
     _check_paired(s, inits, seeds)
     _check_items(s, experiment, inits)
-    for name in s["complexity"]["experiments"]:
-        experiment(name, "study.complexity.experiments")
+    for name in [*s["complexity"]["experiments"], *(s["complexity"].get("weights") or {})]:
+        experiment(name, "study.complexity")
     _check_checkpoints(s, known)
     for kind in s["pretrain"]:
         if kind != "all" and kind not in PRETRAIN_METHOD:
@@ -353,7 +353,7 @@ def plan(params: str | Path | dict) -> list[dict[str, Any]]:
     s = study(params)
     weights = s["complexity"].get("weights") or {}
     trained = {r["run"]: r for r in rows}
-    for name in s["complexity"]["experiments"]:
+    for name in [*weights, *s["complexity"]["experiments"]]:
         cfg, w = config.load(params, name), trained.get(weights.get(name), {})
         rows.append(
             {
@@ -469,15 +469,18 @@ def check(params: str | Path | dict) -> dict[str, Any]:
 
 
 def _check_complexity(s: dict, params: str | Path | dict, plan_runs: dict[str, list[Run]]) -> None:
-    """study.complexity: experiments to count; weights: {experiment: the run folder of a trained one}."""
+    """study.complexity: weights = {experiment: a trained run of the study} (counted trained, the paper's Table 5);
+    experiments = more experiments counted with random weights (params and FLOPs of sizes the study does not train)."""
     c = s["complexity"]
     extra = set(c) - {"experiments", "weights", "images", "fps_images"}
     if extra:
         raise ValueError(f"params: unknown key study.complexity.{sorted(extra)[0]}")
     folders = {r.out_dir: r for items in plan_runs.values() for r in items}
     for name, folder in (c.get("weights") or {}).items():
-        if name not in c["experiments"]:
-            raise ValueError(f"params: study.complexity.weights.{name}: not in study.complexity.experiments")
+        if name in c["experiments"]:
+            raise ValueError(
+                f"params: study.complexity.experiments has {name!r}, which study.complexity.weights counts trained"
+            )
         if folder not in folders:
             raise ValueError(
                 f"params: study.complexity.weights.{name} = {folder!r} is not a run of the study; "
