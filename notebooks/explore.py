@@ -33,7 +33,7 @@ os.chdir(project_root())  # Jupyter starts the kernel in notebooks/: every path 
 
 # %% tags=["parameters"]
 params_file = "params.yaml"
-families = ["main"]  # main | convergence | ablations | pretrain_lengths; []: every family
+families = ["main"]  # main (the sweep) | paired | ablations | pretrain_lengths; []: every family
 inits = []  # []: every initialization with a finished run
 experiments = []  # []: every experiment
 seeds = []  # []: every seed

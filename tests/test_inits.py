@@ -104,7 +104,9 @@ def test_lr_note_where_the_scale_fixes_the_lr(tmp_path: Path, monkeypatch, capsy
     assert cli("add", "mine", "--checkpoint", "mine.pth", "--lr", "1e-4", "--dry-run") == 0
     out = capsys.readouterr().out
     assert "note: scale 'embedded' sets train.lr for every initialization: recipes.mine.lr" in out
-    assert "mine: {lr: 0.0001, weight_decay: 0.1}" in out and "inits: [random, supervised, mocov3, beit, mae, mine]" in out
+    assert (
+        "mine: {lr: 0.0001, weight_decay: 0.1}" in out and "inits: [random, supervised, mocov3, beit, mae, mine]" in out
+    )
     assert (tmp_path / "params.yaml").read_text() == (REPO / "params.yaml").read_text()  # --dry-run
 
 

@@ -185,7 +185,8 @@ def test_every_notebook_runs_with_its_kernel_in_notebooks(study_copy: Path, tmp_
     explored = nbformat.read(tmp_path / "explore.ipynb", as_version=4)
     pngs = sum("image/png" in o.get("data", {}) for c in explored.cells if c.cell_type == "code" for o in c.outputs)
     assert pngs >= 5  # curves, predictions, per category, per size, TIDE
-    assert "main/mae-main-s0" in json.dumps(explored.cells[-1].outputs)  # the config diff names both runs
+    diff = json.dumps(explored.cells[-1].outputs)  # the config diff names both runs: random's first two lengths
+    assert "main/random-main-x1-s0" in diff and "main/random-main-x2-s0" in diff
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ AREAS = {"small": "APs", "medium": "APm", "large": "APl"}
 
 
 def runs(params: str | Path | dict, root: str | Path = ".") -> pd.DataFrame:
-    """One row per study run whose folder holds metrics.json: family, name, experiment, init, seed, run
+    """One row per study run whose folder holds metrics.json: family, name, experiment, init, seed, epochs, run
     (its folder), and box / mask AP. Runs not finished yet are left out (the study may still be running)."""
     rows = []
     for family, items in study.runs(params).items():
@@ -37,6 +37,7 @@ def runs(params: str | Path | dict, root: str | Path = ".") -> pd.DataFrame:
                         "experiment": r.experiment,
                         "init": r.init,
                         "seed": m.get("seed", r.seed),
+                        "epochs": r.epochs,
                         "run": r.out_dir,
                         "bbox/AP": m.get("bbox/AP"),
                         "segm/AP": m.get("segm/AP"),
