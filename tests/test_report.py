@@ -450,3 +450,9 @@ def test_explore_selects_runs_and_names_what_is_missing(tmp_path: Path) -> None:
     assert list(diff.index) == ["train.lr"] and diff.iloc[0].tolist() == [1e-4, 2e-4]
     with pytest.raises(ValueError, match="c/config.yaml is missing"):
         explore.config_diff(tmp_path / "a", tmp_path / "c")
+
+
+def test_readme_plans_are_the_params_plans() -> None:
+    """The README's plan tables (embedded, paper) are what `study plan` prints for the params as they are."""
+    r = subprocess.run([sys.executable, "tools/plan_readme.py", "--check"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
