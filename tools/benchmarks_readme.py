@@ -102,6 +102,20 @@ def cpu_benchmarks() -> list[str]:
             f"`--jobs {d['jobs']}`, {d['stages']} stages; summed stage time "
             f"{d['reference_sum_of_stage_s'] / 60:.1f} min)."
         )
+    d = _load("step_profile_cpu.json")
+    if d:
+        top = ", ".join(f"{k} {v:.0f}" for k, v in list(d["ms_per_step"].items())[:8])
+        out.append(
+            f"- `step_profile_cpu.json`: a training step of the embedded detector ({d['config']['backbone']} at "
+            f"{d['config']['img_size']}², batch {d['config']['batch']}, one thread) {d['reference_step_ms']:.0f} ms; "
+            f"ms per step: {top}."
+        )
+    d = _load("calibration_cpu.json")
+    if d:
+        out.append(
+            f"- `calibration_cpu.json`: {len(d['runs'])} calibration runs of the embedded study in "
+            f"{len(d['settings'])} settings (the README's calibration table)."
+        )
     return out
 
 
