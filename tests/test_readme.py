@@ -47,6 +47,10 @@ RUNS: dict[str, list[list[str]]] = {
     ],
     "dvc queue start": [["dvc", "queue", "start"]],
     "python -m studylib.report.offline_plots show": [[PY, "-m", "studylib.report.offline_plots", "show"]],
+    "python -m studylib.report.study plan [--json]": [
+        [PY, "-m", "studylib.report.study", "plan"],
+        [PY, "-m", "studylib.report.study", "plan", "--json"],
+    ],
     "python -m studylib.train --params params.yaml --experiment NAME --out DIR [--set train.lr=1e-4]": [
         [PY, "-m", "studylib.train", *SMOKE, "--out", "runs/readme_train"],
         [PY, "-m", "studylib.train", *SMOKE, "--out", "runs/readme_train_lr", "--set", "train.lr=1e-4"],

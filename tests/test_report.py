@@ -93,7 +93,12 @@ def fake_study(root: Path, params: dict, oom: str | None = None) -> None:
 def test_collect_has_every_key_and_means_over_seeds(tmp_path: Path, micro_params: dict) -> None:
     params = copy.deepcopy(micro_params)
     params["study"]["seeds"] = [0, 2, 4]
-    params["study"]["paired"]["seeds"] = [1, 3]
+    params["study"]["schedules"], params["study"]["random_schedules"] = [1, 2, 4], [8]
+    params["study"]["paired"] = {
+        "epochs": 2 * params["study"]["epochs"]["pretrained"],
+        "inits": ["random", "mae"],
+        "seeds": [1, 3],
+    }
     fake_study(tmp_path, params, oom="attn_global_ckpt")
     summary = collect.collect(params, tmp_path)
     for key in collect.KEYS:
