@@ -113,6 +113,13 @@ def figure2_grid(conv: dict) -> bool:
     )
 
 
+def commit(repo: Path) -> str:
+    """The short hash of the clone's HEAD: the code and params the study ran."""
+    return subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+
+
 def clone(dst: Path) -> Path:
     subprocess.run(["git", "clone", "-q", str(ROOT), str(dst)], check=True)
     return dst
@@ -177,6 +184,8 @@ def main() -> int:
             print(f"dvc repro failed (exit {r.returncode}) in {repo}", file=sys.stderr)
             return r.returncode
         result = summarise(repo, json.loads((work / "t.json").read_text()), wall, install_s, a.jobs)
+        result["work_dir"] = str(work)  # the clone: its results/ feed tools/study_readme.py
+    result["measured_at_commit"] = commit(repo)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["targets"], indent=2))

@@ -111,12 +111,6 @@ def paired_vs_random(runs: list[dict[str, Any]], init: str, key: str = "bbox/AP"
     return {"mean": mean, "ci95": [mean - half, mean + half], "seeds": seeds}
 
 
-def changed(params: dict, experiment: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    """The values of `keys` (section.key) that `experiment` changes from the baseline."""
-    base, exp = config.load(params, "baseline").flat(), config.load(params, experiment).flat()
-    return {k: exp[k] for k in keys if exp[k] != base[k]}
-
-
 def ekey(epochs: float) -> str:
     """summary.json's key of a fine-tuning length: 8.0 -> "8", 0.5 -> "0.5"."""
     return f"{float(epochs):g}"
