@@ -461,3 +461,11 @@ def test_readme_plans_are_the_params_plans() -> None:
     """The README's plan tables (embedded, paper) are what `study plan` prints for the params as they are."""
     r = subprocess.run([sys.executable, "tools/plan_readme.py", "--check"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
+
+
+def test_readme_calibration_table_is_the_calibration_results() -> None:
+    """The README's calibration table is benchmarks/results/calibration_cpu.json's, never typed by hand."""
+    r = subprocess.run(
+        [sys.executable, "benchmarks/calibration.py", "readme", "--check"], capture_output=True, text=True, cwd=REPO
+    )
+    assert r.returncode == 0, "run: python benchmarks/calibration.py readme"
