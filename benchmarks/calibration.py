@@ -96,8 +96,8 @@ def table(result: dict) -> str:
             pair += f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
         pair += f" (seeds {p.get('seeds')})"
         lines.append(
-            f"| {s['labelled_images']} | {s['iterations']} | {s['mae_pretrain_steps'] or '–'} | {aps(s['random_box_AP'])} "
-            f"| {aps(s['mae_box_AP'])} | {pair} |"
+            f"| {s['labelled_images']} | {s['iterations']} | {s['mae_pretrain_steps'] or '–'} "
+            f"| {aps(s['random_box_AP'])} | {aps(s['mae_box_AP'])} | {pair} |"
         )
     return "\n".join(lines)
 
