@@ -105,7 +105,9 @@ def test_accumulation_step_equals_the_full_batch_step(tmp_path):
     ref_losses, ref_grads, ref_params = _one_step(cfg, model, *batch, images_per_gpu=None)
     _close(acc_grads, ref_grads)
     _close(acc_params, ref_params)
-    assert acc_losses == pytest.approx(ref_losses, rel=1e-9)
+    # the logged losses to float32's precision: torchvision builds the RPN's objectness targets in float32, so
+    # loss_objectness (and the total) is rounded to float32 even in a float64 model (2 ULPs apart seen here)
+    assert acc_losses == pytest.approx(ref_losses, rel=1e-6)
 
     # distinct micro-batches: the step of the mean of their losses (a missing 1/2 or a dropped micro-batch fails)
     acc_losses, acc_grads, _ = _one_step(cfg, model, [images[i] for i in (x, y, z, w)], targets, images_per_gpu=2)
@@ -114,7 +116,7 @@ def test_accumulation_step_equals_the_full_batch_step(tmp_path):
     second = sum(ref(images[2:], copy.deepcopy(targets[2:])).values())
     ((first + second) / 2).backward()
     _close(acc_grads, {n: p.grad for n, p in ref.named_parameters() if p.grad is not None})
-    assert acc_losses["loss"] == pytest.approx(float((first + second).detach()) / 2, rel=1e-9)
+    assert acc_losses["loss"] == pytest.approx(float((first + second).detach()) / 2, rel=1e-6)  # float32 targets
 
 
 def _ddp_worker(rank: int, tmp: str, init_file: str, out: dict) -> None:

@@ -520,7 +520,7 @@ def run_facts(run: Training) -> dict[str, Any]:
     """What Table 3 shows beside its numbers: images per GPU (per process), attention and its kernel."""
     m, device = run.cfg.model, run.dist_info.device
     return {
-        "train/images_per_gpu": run.sampler.batch_size,
+        "train/images_per_gpu": run.split.images_per_gpu,  # per forward (gradient accumulation: per micro-batch)
         "train/attention": m.attention,
         "train/use_checkpoint": m.use_checkpoint,
         "train/attention_kernel": attention_kernel(run.model, device, run.cfg.train.amp),
