@@ -11,6 +11,7 @@ by hand, so the README cannot drift from the run it quotes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -18,7 +19,11 @@ from pathlib import Path
 
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
 SECTIONS = [  # (table file stem, heading, figure file stems)
-    ("table1_main", "Table 1 — initializations (mean ± std over seeds)", ["table1_main", "predictions"]),
+    (
+        "table1_main",
+        "Table 1 — initializations: best schedule, every schedule, paired vs random",
+        ["table1_main", "predictions"],
+    ),
     ("figure2_convergence", "Figure 2 — convergence (box / mask AP vs fine-tuning epochs)", ["figure2_convergence"]),
     ("table2_multiscale", "Table 2 — multi-scale adaptor vs single scale", []),
     ("table3_attention", "Table 3 — attention: windowed, hybrid, global (± activation checkpointing)", []),
@@ -26,12 +31,46 @@ SECTIONS = [  # (table file stem, heading, figure file stems)
     ("figure3_pretrain_length", "Figure 3 — MAE pre-training length", ["figure3_pretrain_length"]),
     ("figure4_tide", "Figure 4 — TIDE error analysis (ΔAP when each error type is fixed)", ["figure4_tide"]),
     ("table5_complexity", "Table 5 — complexity (counted on validation images)", []),
-    (None, "Training curves (main runs, first seed)", ["training_curves"]),
+    (None, "Training curves (each init's run at Table 1's paired length, first seed)", ["training_curves"]),
 ]
 
 
+def findings(summary: dict) -> str:
+    """The headline findings, worded from summary.json's numbers (Table 1's best schedules, the paired
+    differences to random with their verdict, Figure 2's length each init needs to reach MAE's best)."""
+    main, conv = summary["main"], summary["convergence"]
+    lines = ["#### Findings (worded from `summary.json` by `tools/study_readme.py`)\n"]
+    best = ", ".join(
+        f"{i} {100 * m['bbox/AP']:.1f} ± {100 * m.get('bbox/AP_std', 0):.1f} at {m['epochs']:g} epochs"
+        for i, m in main.items()
+    )
+    lines.append(f"- **Table 1, each initialization's best schedule** (box AP, mean ± std over seeds): {best}.")
+    for init, m in main.items():
+        p = m.get("bbox/AP_vs_random")
+        if not p or p.get("mean") is None:
+            continue
+        ci = p.get("ci95")
+        if ci:
+            verdict = "beats random" if ci[0] > 0 else "below random" if ci[1] < 0 else "not separable from random"
+            span = f" (95% CI [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}])"
+        else:
+            verdict, span = "one seed, no interval", ""
+        lines.append(
+            f"- **{init} − random at {p['epochs']:g} epochs, paired by seed** (n = {len(p['seeds'])}): "
+            f"{100 * p['mean']:+.1f} box AP{span}: **{verdict}**."
+        )
+    if "mae" in conv:
+        top = max(v["bbox/AP"] for v in conv["mae"].values() if v.get("bbox/AP") is not None)
+        reach = []
+        for init, pts in conv.items():
+            hit = [float(e) for e, v in pts.items() if v.get("bbox/AP") is not None and v["bbox/AP"] >= top]
+            reach.append(f"{init} {min(hit):g}" if hit else f"{init} not within its {max(map(float, pts)):g}")
+        lines.append(f"- **Figure 2: epochs to reach MAE's best mean ({100 * top:.1f} box AP)**: {', '.join(reach)}.")
+    return "\n".join(lines) + "\n"
+
+
 def section(results: Path, docs: Path, readme_dir: Path) -> str:
-    parts = []
+    parts = [findings(json.loads((results / "summary.json").read_text()))]
     for table, heading, figures in SECTIONS:
         parts.append(f"#### {heading}\n")
         if table is not None:
