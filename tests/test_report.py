@@ -469,3 +469,35 @@ def test_readme_calibration_table_is_the_calibration_results() -> None:
         [sys.executable, "benchmarks/calibration.py", "readme", "--check"], capture_output=True, text=True, cwd=REPO
     )
     assert r.returncode == 0, "run: python benchmarks/calibration.py readme"
+
+
+def test_study_readme_words_the_findings_from_the_summary(tmp_path: Path, micro_params: dict) -> None:
+    """tools/study_readme.py: the README's study section is the report's files, its findings worded from them."""
+    fake_study(tmp_path, micro_params)
+    summary = collect.collect(micro_params, tmp_path)
+    results = tmp_path / "results"
+    tables.write(tables.tables(summary), results / "tables")
+    (results / "figures").mkdir(parents=True)
+    collect.write(summary, results / "summary.json")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- study:begin -->\nold\n<!-- study:end -->\nrest\n")
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools/study_readme.py"),
+            "--results",
+            str(results),
+            "--docs",
+            str(tmp_path / "docs"),
+            "--readme",
+            str(readme),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    text = readme.read_text()
+    pair = summary["main"]["mae"]["bbox/AP_vs_random"]
+    assert f"**mae − random at {pair['epochs']:g} epochs, paired by seed** (n = {len(pair['seeds'])})" in text
+    assert f"mae {100 * summary['main']['mae']['bbox/AP']:.1f}" in text and "| init" in text and "old" not in text
+    assert text.startswith("intro\n") and text.endswith("rest\n")
