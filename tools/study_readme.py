@@ -69,8 +69,25 @@ def findings(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def section(results: Path, docs: Path, readme_dir: Path) -> str:
+def cost(bench: dict) -> str:
+    """The study's cost and #14's targets, worded from benchmarks/results/study_cpu.json."""
+    t = bench["targets"]
+    fam = ", ".join(f"{k} {v / 60:.1f}" for k, v in bench["seconds_by_family"].items())
+    return (
+        f"- **Cost** (`benchmarks/results/study_cpu.json`, commit `{bench.get('measured_at_commit')}`, "
+        f"{bench['machine']['cpus']} cores): {t['total_min']:.1f} min from a fresh clone with install "
+        f"(`python -m studylib.repro --jobs {bench['jobs']}`, {bench['stages']} stages; install "
+        f"{bench['install_s'] or 0:.0f} s); plain `dvc repro` (the stages one after another, their summed time) "
+        f"{t['plain_dvc_repro_min_estimate']:.1f} min. Minutes of stage time by family: {fam}. Targets: "
+        + ", ".join(f"{k} {v}" for k, v in t.items() if isinstance(v, bool))
+        + ".\n"
+    )
+
+
+def section(results: Path, docs: Path, readme_dir: Path, bench: Path | None = None) -> str:
     parts = [findings(json.loads((results / "summary.json").read_text()))]
+    if bench is not None and bench.is_file():
+        parts[0] += cost(json.loads(bench.read_text()))
     for table, heading, figures in SECTIONS:
         parts.append(f"#### {heading}\n")
         if table is not None:
@@ -90,6 +107,7 @@ def main() -> int:
     ap.add_argument("--results", default="results")
     ap.add_argument("--docs", default="docs/study")
     ap.add_argument("--readme", default="README.md")
+    ap.add_argument("--bench", help="benchmarks/results/study_cpu.json of the same run: its cost, worded")
     a = ap.parse_args()
     results, docs, readme = Path(a.results), Path(a.docs), Path(a.readme)
     docs.mkdir(parents=True, exist_ok=True)
@@ -101,7 +119,7 @@ def main() -> int:
         return 2
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    body = section(results, docs, readme.parent)
+    body = section(results, docs, readme.parent, Path(a.bench) if a.bench else None)
     readme.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
     print(f"{readme}: study section written from {results} ({len(list(docs.glob('*.png')))} figures in {docs})")
     return 0
