@@ -115,6 +115,7 @@ def main() -> int:
     a = ap.parse_args()
     if a.cmd == "summarise":
         rows = [x for d in a.dirs for run in sorted(Path(d).iterdir()) if run.is_dir() and (x := read(run))]
+        rows = [x for x in rows if x["init"] in ("random", "mae")]  # the headline pair the search is about
         atomic_write_json(a.out, {"benchmark": "calibration", "runs": rows, "settings": summarise(rows)})
         print(f"{a.out}: {len(rows)} runs")
         return 0

@@ -17,6 +17,9 @@ import shutil
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from studylib.config import init_order  # noqa: E402
+
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
 SECTIONS = [  # (table file stem, heading, figure file stems)
     (
@@ -42,11 +45,11 @@ def findings(summary: dict) -> str:
     lines = ["#### Findings (worded from `summary.json` by `tools/study_readme.py`)\n"]
     best = ", ".join(
         f"{i} {100 * m['bbox/AP']:.1f} ± {100 * m.get('bbox/AP_std', 0):.1f} at {m['epochs']:g} epochs"
-        for i, m in main.items()
+        for i, m in ((i, main[i]) for i in init_order(main))
     )
     lines.append(f"- **Table 1, each initialization's best schedule** (box AP, mean ± std over seeds): {best}.")
-    for init, m in main.items():
-        p = m.get("bbox/AP_vs_random")
+    for init in init_order(main):
+        p = main[init].get("bbox/AP_vs_random")
         if not p or p.get("mean") is None:
             continue
         ci = p.get("ci95")
@@ -62,7 +65,7 @@ def findings(summary: dict) -> str:
     if "mae" in conv:
         top = max(v["bbox/AP"] for v in conv["mae"].values() if v.get("bbox/AP") is not None)
         reach = []
-        for init, pts in conv.items():
+        for init, pts in ((i, conv[i]) for i in init_order(conv)):
             hit = [float(e) for e, v in pts.items() if v.get("bbox/AP") is not None and v["bbox/AP"] >= top]
             reach.append(f"{init} {min(hit):g}" if hit else f"{init} not within its {max(map(float, pts)):g}")
         lines.append(f"- **Figure 2: epochs to reach MAE's best mean ({100 * top:.1f} box AP)**: {', '.join(reach)}.")
