@@ -86,12 +86,10 @@ def summarise(repo: Path, t: dict, wall_s: float, install_s: float | None, jobs:
 
 def reach_best(conv: dict, ref: str) -> dict[str, float | None]:
     """Per init, the shortest length (epochs) whose mean box AP reaches `ref`'s best mean (None: never)."""
-    best = max(p["bbox/AP"] for p in conv[ref].values() if p.get("bbox/AP") is not None)
-    out = {}
-    for init, points in conv.items():
-        hit = [float(e) for e, p in points.items() if p.get("bbox/AP") is not None and p["bbox/AP"] >= best]
-        out[init] = min(hit) if hit else None
-    return out
+    sys.path.insert(0, str(ROOT))
+    from studylib.report.collect import epochs_to_reach
+
+    return epochs_to_reach(conv, ref)[1]
 
 
 def _longer(reach: dict[str, float | None]) -> bool:

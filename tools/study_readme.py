@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from studylib.config import init_order  # noqa: E402
+from studylib.report.collect import epochs_to_reach  # noqa: E402
 
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
 SECTIONS = [  # (table file stem, heading, figure file stems)
@@ -63,11 +64,11 @@ def findings(summary: dict) -> str:
             f"{100 * p['mean']:+.1f} box AP{span}: **{verdict}**."
         )
     if "mae" in conv:
-        top = max(v["bbox/AP"] for v in conv["mae"].values() if v.get("bbox/AP") is not None)
-        reach = []
-        for init, pts in ((i, conv[i]) for i in init_order(conv)):
-            hit = [float(e) for e, v in pts.items() if v.get("bbox/AP") is not None and v["bbox/AP"] >= top]
-            reach.append(f"{init} {min(hit):g}" if hit else f"{init} not within its {max(map(float, pts)):g}")
+        top, at = epochs_to_reach(conv, "mae")
+        reach = [
+            f"{i} {at[i]:g}" if at[i] is not None else f"{i} not within its {max(map(float, conv[i])):g}"
+            for i in init_order(conv)
+        ]
         lines.append(f"- **Figure 2: epochs to reach MAE's best mean ({100 * top:.1f} box AP)**: {', '.join(reach)}.")
     return "\n".join(lines) + "\n"
 

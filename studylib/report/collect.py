@@ -121,6 +121,21 @@ def _ap(m: dict[str, Any]) -> float:
     return float("-inf") if v is None else v
 
 
+def seed_mean(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`mean_over_seeds` of runs' metrics, leaving out their per-run TIDE dicts."""
+    return mean_over_seeds([{k: v for k, v in m.items() if k != "tide"} for m in rows])
+
+
+def epochs_to_reach(conv: dict[str, dict[str, Any]], ref: str) -> tuple[float, dict[str, float | None]]:
+    """Figure 2's question: `ref`'s best mean box AP, and per init the shortest length reaching it (None: never)."""
+    best = max(p["bbox/AP"] for p in conv[ref].values() if p.get("bbox/AP") is not None)
+    out = {}
+    for init, points in conv.items():
+        hit = [float(e) for e, p in points.items() if p.get("bbox/AP") is not None and p["bbox/AP"] >= best]
+        out[init] = min(hit) if hit else None
+    return best, out
+
+
 def sweep_points(rows: list[tuple[study.Run, dict[str, Any]]]) -> dict[str, dict[float, list[dict[str, Any]]]]:
     """{init: {epochs: [metrics with seed, ...]}} of Table 1's runs (the sweep's and the paired ones)."""
     out: dict[str, dict[float, list[dict[str, Any]]]] = {}
@@ -132,7 +147,7 @@ def sweep_points(rows: list[tuple[study.Run, dict[str, Any]]]) -> dict[str, dict
 def convergence_point(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Figure 2's point: mean over seeds of box and mask AP, with the spread and the seeds."""
     ok = [m for m in rows if m.get("bbox/AP") is not None]
-    point = _point(mean_over_seeds([{k: v for k, v in m.items() if k != "tide"} for m in ok])) if ok else {}
+    point = _point(seed_mean(ok)) if ok else {}
     point.setdefault("bbox/AP", None)
     point.setdefault("bbox/AP_std", None)
     point.setdefault("segm/AP", None)
@@ -141,9 +156,7 @@ def convergence_point(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def best_schedule(points: dict[float, list[dict[str, Any]]]) -> tuple[float, dict[str, Any]]:
     """The paper's Table 1 rule: the schedule with the highest mean box AP, and that mean's row."""
-    means = {
-        e: mean_over_seeds([{k: v for k, v in m.items() if k != "tide"} for m in rows]) for e, rows in points.items()
-    }
+    means = {e: seed_mean(rows) for e, rows in points.items()}
     best = max(sorted(means), key=lambda e: _ap(means[e]))
     return best, means[best]
 
