@@ -4,7 +4,7 @@
     python benchmarks/calibration.py readme [--results benchmarks/results/calibration_cpu.json] [--check]
 
 Each run folder is a `python -m studylib.train` run (config.yaml, metrics.json) of one candidate setting:
-labelled images (data.num_train_images), iterations, initialization, and for MAE the local pre-training
+labelled images (data.num_train_images), iterations, batch, lr, image size, initialization, and for MAE the local pre-training
 it started from (the `<checkpoint stem>.summary.json` that `python -m studylib.pretrain` writes beside the
 file: its steps and final loss). `summarise` groups the runs by setting and gives, per setting, each init's
 box AP over seeds and MAE − random paired by seed with its 95% t-interval (the report's
@@ -28,6 +28,7 @@ from studylib.io import atomic_write_json  # noqa: E402
 from studylib.report.collect import paired_vs_random  # noqa: E402
 
 BEGIN, END = "<!-- calibration:begin -->", "<!-- calibration:end -->"
+SETTING = ("labelled_images", "iterations", "batch", "lr", "img_size")  # what a setting of the search varies
 
 
 def read(run: Path) -> dict | None:
@@ -45,6 +46,9 @@ def read(run: Path) -> dict | None:
         "pretrain_loss_end": pretrain.get("loss_end"),
         "labelled_images": cfg["data"].get("num_train_images") or cfg["data"]["synthetic"].get("num_train"),
         "iterations": m["train/iterations"],
+        "batch": m["train/global_batch"],
+        "lr": m["train/lr_eff"],
+        "img_size": cfg["data"]["img_size"],
         "seed": m["seed"],
         "bbox/AP": m["bbox/AP"],
         "segm/AP": m["segm/AP"],
@@ -52,20 +56,19 @@ def read(run: Path) -> dict | None:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per setting (labelled images, iterations, MAE pre-training steps): random's and MAE's box AP over
-    seeds, and MAE − random paired by seed."""
+    """Per setting (labelled images, iterations, batch, lr, image size, MAE pre-training steps): random's
+    and MAE's box AP over seeds, and MAE − random paired by seed."""
     settings = []
-    keys = sorted({(r["labelled_images"], r["iterations"]) for r in rows})
-    for n, it in keys:
-        here = [r for r in rows if (r["labelled_images"], r["iterations"]) == (n, it)]
+    keys = sorted({tuple(r[k] for k in SETTING) for r in rows})
+    for key in keys:
+        here = [r for r in rows if tuple(r[k] for k in SETTING) == key]
         rnd = [r for r in here if r["init"] == "random"]
         for steps in sorted({r["pretrain_steps"] for r in here if r["init"] == "mae"}) or [None]:
             mae = [r for r in here if r["init"] == "mae" and r["pretrain_steps"] == steps]
             pair = paired_vs_random(rnd + mae, "mae")
             settings.append(
                 {
-                    "labelled_images": n,
-                    "iterations": it,
+                    **dict(zip(SETTING, key)),
                     "mae_pretrain_steps": steps,
                     "random_box_AP": {r["seed"]: r["bbox/AP"] for r in rnd},
                     "mae_box_AP": {r["seed"]: r["bbox/AP"] for r in mae},
@@ -84,9 +87,9 @@ def table(result: dict) -> str:
         return f"{statistics.fmean(v):.1f}{spread} (n = {len(v)})"
 
     lines = [
-        "| labelled images | iterations | MAE pre-training steps | random box AP | MAE box AP "
-        "| MAE − random, paired (95% CI) |",
-        "|---|---|---|---|---|---|",
+        "| labelled images | iterations | batch | lr | image size | MAE pre-training steps | random box AP "
+        "| MAE box AP | MAE − random, paired (95% CI) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in result["settings"]:
         p = s["mae_minus_random"]
@@ -96,7 +99,8 @@ def table(result: dict) -> str:
             pair += f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
         pair += f" (seeds {p.get('seeds')})"
         lines.append(
-            f"| {s['labelled_images']} | {s['iterations']} | {s['mae_pretrain_steps'] or '–'} "
+            f"| {s['labelled_images']} | {s['iterations']} | {s['batch']} | {s['lr']:.3g} | {s['img_size']} "
+            f"| {s['mae_pretrain_steps'] or '–'} "
             f"| {aps(s['random_box_AP'])} | {aps(s['mae_box_AP'])} | {pair} |"
         )
     return "\n".join(lines)
