@@ -4,12 +4,12 @@
     python benchmarks/calibration.py readme [--results benchmarks/results/calibration_cpu.json] [--check]
 
 Each run folder is a `python -m studylib.train` run (config.yaml, metrics.json) of one candidate setting:
-labelled images (data.num_train_images), iterations, batch, lr, image size, initialization, and for MAE the local pre-training
-it started from (the `<checkpoint stem>.summary.json` that `python -m studylib.pretrain` writes beside the
-file: its steps and final loss). `summarise` groups the runs by setting and gives, per setting, each init's
-box AP over seeds and MAE − random paired by seed with its 95% t-interval (the report's
-`collect.paired_vs_random`). `readme` writes that table between `<!-- calibration:begin -->` and
-`<!-- calibration:end -->` of the README. Nothing is typed by hand.
+labelled images (data.num_train_images), iterations, batch, lr, image size, LSJ scale range, initialization,
+and for MAE the local pre-training it started from (the `<checkpoint stem>.summary.json` that
+`python -m studylib.pretrain` writes beside the file: its steps and final loss). `summarise` groups the runs
+by setting and gives, per setting, each init's box AP over seeds and MAE − random paired by seed with its
+95% t-interval (the report's `collect.paired_vs_random`). `readme` writes that table between
+`<!-- calibration:begin -->` and `<!-- calibration:end -->` of the README. Nothing is typed by hand.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from studylib.io import atomic_write_json  # noqa: E402
 from studylib.report.collect import paired_vs_random  # noqa: E402
 
 BEGIN, END = "<!-- calibration:begin -->", "<!-- calibration:end -->"
-SETTING = ("labelled_images", "iterations", "batch", "lr", "img_size")  # what a setting of the search varies
+SETTING = ("labelled_images", "iterations", "batch", "lr", "img_size", "lsj")  # what a setting of the search varies
 
 
 def read(run: Path) -> dict | None:
@@ -49,6 +49,7 @@ def read(run: Path) -> dict | None:
         "batch": m["train/global_batch"],
         "lr": m["train/lr_eff"],
         "img_size": cfg["data"]["img_size"],
+        "lsj": "–".join(f"{x:g}" for x in cfg["data"]["scale_range"]),
         "seed": m["seed"],
         "bbox/AP": m["bbox/AP"],
         "segm/AP": m["segm/AP"],
@@ -87,9 +88,9 @@ def table(result: dict) -> str:
         return f"{statistics.fmean(v):.1f}{spread} (n = {len(v)})"
 
     lines = [
-        "| labelled images | iterations | batch | lr | image size | MAE pre-training steps | random box AP "
-        "| MAE box AP | MAE − random, paired (95% CI) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| labelled images | iterations | batch | lr | image size | LSJ scales | MAE pre-training steps "
+        "| random box AP | MAE box AP | MAE − random, paired (95% CI) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in result["settings"]:
         p = s["mae_minus_random"]
@@ -100,6 +101,7 @@ def table(result: dict) -> str:
         pair += f" (seeds {p.get('seeds')})"
         lines.append(
             f"| {s['labelled_images']} | {s['iterations']} | {s['batch']} | {s['lr']:.3g} | {s['img_size']} "
+            f"| {s['lsj']} "
             f"| {s['mae_pretrain_steps'] or '–'} "
             f"| {aps(s['random_box_AP'])} | {aps(s['mae_box_AP'])} | {pair} |"
         )

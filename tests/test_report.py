@@ -471,6 +471,36 @@ def test_readme_calibration_table_is_the_calibration_results() -> None:
     assert r.returncode == 0, "run: python benchmarks/calibration.py readme"
 
 
+def test_calibration_keeps_settings_apart_and_pairs_by_seed(tmp_path: Path) -> None:
+    """benchmarks/calibration.py: runs differing only in lr, image size or LSJ range are separate settings,
+    and MAE − random is paired by seed within a setting."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import calibration
+
+    def run(name: str, init: str, seed: int, ap: float, lr: float = 2.5e-3, img: int = 96, lsj=(0.5, 2.0)) -> None:
+        d = tmp_path / name
+        d.mkdir()
+        cfg = {"init": {"kind": init}, "data": {"num_train_images": 200, "img_size": img, "scale_range": list(lsj)}}
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        metrics = {"train/iterations": 200, "train/global_batch": 8, "train/lr_eff": lr, "seed": seed}
+        (d / "metrics.json").write_text(json.dumps(metrics | {"bbox/AP": ap, "segm/AP": ap}))
+
+    for seed, (r, m) in enumerate([(0.20, 0.30), (0.22, 0.28), (0.18, 0.29)]):
+        run(f"r{seed}", "random", seed, r)
+        run(f"m{seed}", "mae", seed, m)
+    run("r-lsj01", "random", 0, 0.10, lsj=(0.1, 2.0))
+    run("r-128", "random", 0, 0.12, img=128)
+    run("r-lr", "random", 0, 0.05, lr=5e-3)
+    (tmp_path / "unfinished").mkdir()
+    rows = [x for d in sorted(tmp_path.iterdir()) if (x := calibration.read(d))]
+    settings = calibration.summarise(rows)
+    assert len(settings) == 4
+    ours = next(s for s in settings if (s["lsj"], s["img_size"], s["lr"]) == ("0.5–2", 96, 2.5e-3))
+    assert ours["mae_minus_random"]["seeds"] == [0, 1, 2]
+    assert ours["mae_minus_random"]["mean"] == pytest.approx((0.10 + 0.06 + 0.11) / 3)
+    assert "| 200 | 200 | 8 | 0.0025 | 96 | 0.5–2 |" in calibration.table({"settings": settings})
+
+
 def test_study_readme_words_the_findings_from_the_summary(tmp_path: Path, micro_params: dict) -> None:
     """tools/study_readme.py: the README's study section is the report's files, its findings worded from them."""
     fake_study(tmp_path, micro_params)

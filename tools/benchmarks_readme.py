@@ -104,11 +104,16 @@ def cpu_benchmarks() -> list[str]:
         )
     d = _load("step_profile_cpu.json")
     if d:
-        top = ", ".join(f"{k} {v:.0f}" for k, v in list(d["ms_per_step"].items())[:8])
+        ref = d["reference"]
+        top = ", ".join(f"{k} {v:.0f}" for k, v in list(ref["ms_per_step"].items())[:8])
+        variants = "; ".join(
+            f"{k} ({', '.join(v['sets'])}) {v['step_ms']:.0f} ms, ×{v['step_vs_reference']:.2f}"
+            for k, v in d["variants"].items()
+        )
         out.append(
-            f"- `step_profile_cpu.json`: a training step of the embedded detector ({d['config']['backbone']} at "
-            f"{d['config']['img_size']}², batch {d['config']['batch']}, one thread) {d['reference_step_ms']:.0f} ms; "
-            f"ms per step: {top}."
+            f"- `step_profile_cpu.json` (load {d['machine']['loadavg'][0]:.1f}): a training step of the embedded "
+            f"detector ({ref['config']['backbone']} at {ref['config']['img_size']}², batch {ref['config']['batch']}, "
+            f"one thread) {ref['step_ms']:.0f} ms; ms per step: {top}. In the same run: {variants or 'no variants'}."
         )
     d = _load("calibration_cpu.json")
     if d:
