@@ -105,7 +105,9 @@ def cpu_benchmarks() -> list[str]:
     d = _load("step_profile_cpu.json")
     if d:
         ref = d["reference"]
-        top = ", ".join(f"{k} {v:.0f}" for k, v in list(ref["ms_per_step"].items())[:8])
+        ms = ref["ms_per_step"]
+        parts = ("step/data", "step/forward", "step/backward", "step/optimizer", "backbone.vit", "rpn", "roi_heads")
+        top = ", ".join(f"{k.removeprefix('step/')} {ms[k]:.0f}" for k in parts if k in ms)
         variants = "; ".join(
             f"{k} ({', '.join(v['sets'])}) {v['step_ms']:.0f} ms, ×{v['step_vs_reference']:.2f}"
             for k, v in d["variants"].items()
@@ -113,7 +115,7 @@ def cpu_benchmarks() -> list[str]:
         out.append(
             f"- `step_profile_cpu.json` (load {d['machine']['loadavg'][0]:.1f}): a training step of the embedded "
             f"detector ({ref['config']['backbone']} at {ref['config']['img_size']}², batch {ref['config']['batch']}, "
-            f"one thread) {ref['step_ms']:.0f} ms; ms per step: {top}. In the same run: {variants or 'no variants'}."
+            f"one thread) {ref['step_ms']:.0f} ms; ms: {top}. In the same run: {variants or 'no variants'}."
         )
     d = _load("calibration_cpu.json")
     if d:
