@@ -57,8 +57,8 @@ def read(run: Path) -> dict | None:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per setting (labelled images, iterations, batch, lr, image size, MAE pre-training steps): random's
-    and MAE's box AP over seeds, and MAE − random paired by seed."""
+    """Per setting (the `SETTING` fields, then MAE's pre-training steps): random's and MAE's box AP over
+    seeds, and MAE − random paired by seed."""
     settings = []
     keys = sorted({tuple(r[k] for k in SETTING) for r in rows})
     for key in keys:

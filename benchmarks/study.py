@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from studylib.report.collect import epochs_to_reach  # noqa: E402
 
 
 def family(stage: str) -> str:
@@ -70,26 +72,18 @@ def summarise(repo: Path, t: dict, wall_s: float, install_s: float | None, jobs:
             "ci95": None if not pair.get("ci95") else [100 * x for x in pair["ci95"]],
             "seeds": pair.get("seeds"),
         },
-        "epochs_to_reach_maes_best": reach_best(conv, "mae"),
+        "epochs_to_reach_maes_best": epochs_to_reach(conv, "mae")[1],
         "targets": {
             "total_min": total_s / 60,
             "total_le_60_min": total_s <= 3600,
             "plain_dvc_repro_min_estimate": sum(durations.values()) / 60,  # the stages one after another
             "mae_beats_random_ci_above_zero": bool(pair.get("ci95")) and pair["ci95"][0] > 0,
-            "random_needs_longer_than_mae": _longer(reach_best(conv, "mae")),
+            "random_needs_longer_than_mae": _longer(epochs_to_reach(conv, "mae")[1]),
             "figure2_grid": figure2_grid(conv),
             "best_box_AP_ge_20": max(b["mean"] for b in box.values()) >= 20,
             "none_saturates_lt_80": all(b["mean"] < 80 for b in box.values()),
         },
     }
-
-
-def reach_best(conv: dict, ref: str) -> dict[str, float | None]:
-    """Per init, the shortest length (epochs) whose mean box AP reaches `ref`'s best mean (None: never)."""
-    sys.path.insert(0, str(ROOT))
-    from studylib.report.collect import epochs_to_reach
-
-    return epochs_to_reach(conv, ref)[1]
 
 
 def _longer(reach: dict[str, float | None]) -> bool:

@@ -1,5 +1,7 @@
 """Config: baseline ⊕ scale ⊕ experiment ⊕ overrides, validated once with helpful errors."""
 
+from pathlib import Path
+
 import pytest
 
 from studylib import config
@@ -73,6 +75,17 @@ def test_params_are_yaml_1_2_like_dvc(tmp_path) -> None:
     (tmp_path / "params.yaml").write_text(text.replace('rel_pos: "no"', "rel_pos: no"))
     assert config.load(tmp_path / "params.yaml", "pos_abs_pt_rel_no").init.rel_pos == "no"
     assert config.load(tmp_path / "params.yaml", "main", ["init.abs_pos=no"]).init.abs_pos == "no"
+
+
+def test_params_read_twice_are_independent_and_follow_the_file(tmp_path) -> None:
+    """read_params memoizes the parse by content: an edit to one result never reaches the next read, and an
+    edited file is read anew."""
+    path = Path(__file__).resolve().parents[1] / "params.yaml"
+    first = config.read_params(path)
+    first["baseline"]["train"]["epochs"] = -1
+    assert config.read_params(path)["baseline"]["train"]["epochs"] != -1
+    (tmp_path / "params.yaml").write_text(path.read_text().replace("scale: embedded", "scale: micro", 1))
+    assert config.read_params(tmp_path / "params.yaml")["scale"] == "micro"
 
 
 def test_vocabularies_are_the_accepting_modules_own():
