@@ -103,9 +103,65 @@ def test_stages_depend_on_the_scripts_they_run() -> None:
             deps = {d.def_path for d in stage.deps}
             for cmd in cmds:
                 for script in re.findall(r"notebooks/\w+\.py", cmd):
-                    assert f"jupytext -q --to ipynb -o - {script} | papermill" in cmd, stage.name
+                    assert re.search(rf"python -m studylib\.notebook [^|;&]* {script} ", cmd), stage.name
                     assert script in deps, f"{stage.name}: runs {script} without depending on it"
             assert not [d for d in deps if d.startswith("notebooks/") and d.endswith(".ipynb")], stage.name
+
+
+SCRIPT = """# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+import os
+
+# %% tags=["parameters"]
+n = 1
+name = "x"
+
+# %%
+print(n * 2, name, os.getcwd() == {cwd!r})
+"""
+
+
+def executed(path: Path) -> list[tuple[str, list[str], str]]:
+    """(source, tags, stdout) of each code cell of an executed notebook."""
+    nb = nbformat.read(path, as_version=4)
+    out = lambda c: "".join(o.get("text", "") for o in c.outputs if o.output_type == "stream")  # noqa: E731
+    return [(c.source, c.metadata.get("tags", []), out(c)) for c in nb.cells if c.cell_type == "code"]
+
+
+def test_the_stage_runner_is_the_jupytext_papermill_pipe(tmp_path: Path) -> None:
+    """`python -m studylib.notebook S.py OUT -p ...` (DVC's stages) executes what `jupytext --to ipynb -o - S.py |
+    papermill - OUT -p ...` does: the same cells, the parameters injected, the same outputs; bad usage exits 2."""
+    (tmp_path / "s.py").write_text(SCRIPT.format(cwd=str(tmp_path)))
+    opts = ["-k", "python3", "--no-progress-bar", "-p", "n", "21", "-p", "name", "stage"]
+    ours = subprocess.run(
+        [sys.executable, "-m", "studylib.notebook", "s.py", "ours.ipynb", *opts], cwd=tmp_path, capture_output=True
+    )
+    assert ours.returncode == 0, ours.stderr.decode()[-2000:]
+    pipe = subprocess.run(
+        f"jupytext -q --to ipynb -o - s.py | papermill - pipe.ipynb {' '.join(opts)}",
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    assert pipe.returncode == 0, pipe.stderr.decode()[-2000:]
+    cells = executed(tmp_path / "ours.ipynb")
+    assert cells == executed(tmp_path / "pipe.ipynb")
+    assert [c for c in cells if "injected-parameters" in c[1]][0][0] == '# Parameters\nn = 21\nname = "stage"\n'
+    assert cells[-1][2] == "42 stage True\n"
+    bad = subprocess.run(
+        [sys.executable, "-m", "studylib.notebook", "s.py", "o.ipynb", "--no-such"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "No such option '--no-such'" in bad.stderr and not (tmp_path / "o.ipynb").exists()
 
 
 def test_the_readme_notebook_command_keeps_the_experiments_own_values(tmp_path: Path) -> None:
