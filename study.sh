@@ -11,9 +11,7 @@ jobs=$("$py" -c 'import os; print(max(1, len(os.sched_getaffinity(0))))')
 if [ "${1:-}" = "--jobs" ]; then jobs=${2:?--jobs needs a number}; fi
 start=$(date +%s)
 echo "[study.sh] installing studylib and its pinned dependencies ($("$py" --version))"
-# --no-compile: no bytecode for all ~6 GB of site-packages (torch's CUDA wheels included) at install time; Python
-# compiles only the modules a stage imports, once, on first use (measured: 232 s -> 165 s for this install)
-"$py" -m pip install -q --disable-pip-version-check --no-compile -e .
+"$py" -m pip install -q --disable-pip-version-check -e .
 echo "[study.sh] installed in $(( $(date +%s) - start )) s; reproducing the study with $jobs stage(s) at a time"
 "$py" -m studylib.repro --jobs "$jobs"
 echo "[study.sh] done in $(( ($(date +%s) - start) / 60 )) min: results/summary.json, results/tables/, results/figures/"

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 py=$(command -v python3 || command -v python)
 start=$(date +%s)
-"$py" -m pip install -q --disable-pip-version-check --no-compile -e ".[dev]"  # --no-compile: as study.sh
+"$py" -m pip install -q --disable-pip-version-check -e ".[dev]"
 echo "[test.sh] install: $(( $(date +%s) - start )) s"
 # A one-node SLURM for the tests of the cluster path (tests/test_slurm.py). CI installs and starts it and
 # must run those tests; elsewhere an installed SLURM is started, and without one they skip, saying why.
