@@ -5,9 +5,24 @@ initializations). Submodules: `models`, `checkpoints`, `data`, `evaluation`, `en
 `pretrain`, `report`.
 """
 
-from .models import PRESETS, ViT, build_backbone
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .models import PRESETS, ViT, build_backbone
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """`PRESETS`, `ViT`, `build_backbone` on first use (PEP 562): `import studylib` alone stays free of torch,
+    so the light commands (`python -m studylib.notebook`, the study's `check`) start in a fraction of a second."""
+    if name in ("PRESETS", "ViT", "build_backbone"):
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'studylib' has no attribute {name!r}")
 
 
 def load_pretrained(backbone, path, fmt="auto", abs_pos=None, rel_pos=None, **kwargs):

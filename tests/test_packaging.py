@@ -1,6 +1,8 @@
 """The install surface: pyproject.toml and environment.yml name the same packages; the CI script is sane."""
 
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -43,3 +45,12 @@ def test_package_imports_and_exposes_the_public_api():
 
     for name in ("build_backbone", "ViT", "load_pretrained", "PRESETS"):
         assert hasattr(studylib, name), name
+
+
+def test_importing_the_package_leaves_torch_to_what_needs_it():
+    """`import studylib` (what `python -m studylib.notebook`, DVC's stage runner, pays per stage) loads no torch;
+    the public names load it on first use."""
+    code = "import sys, studylib; a = 'torch' in sys.modules; studylib.ViT; print(a, 'torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "True"]
