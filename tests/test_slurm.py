@@ -73,6 +73,15 @@ def wait_for(condition, what: str, timeout: float = 300) -> None:
         time.sleep(0.1)
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` (a killed one not yet reaped included) still exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def release(job_id: str) -> None:
     """A requeued job waits ~2 min (BeginTime) before it may start again: let it start now."""
     wait_for(lambda: slurm.job_state(job_id) == "PENDING", f"job {job_id} pending again")
@@ -287,6 +296,7 @@ def test_a_stage_rerun_after_the_login_node_died_reattaches_to_its_job(tmp_path,
     subprocess.run(["scontrol", "suspend", job_id], check=True)  # hold it while nobody waits for it
     os.killpg(first.pid, 9)
     first.wait()
+    wait_for(lambda: not group_alive(first.pid), "the killed commands to be gone")  # DVC's lock names their PIDs
     log = tmp_path / "again.log"
     with open(log, "w") as f:
         again = subprocess.Popen(repro, cwd=root, env=ENV, stdout=f, stderr=subprocess.STDOUT, text=True)
