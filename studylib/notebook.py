@@ -4,8 +4,8 @@
 
 The same as `jupytext --to ipynb -o - notebooks/NAME.py | papermill - OUT.ipynb ...` (the script, paired
 with notebooks/NAME.ipynb, is the reviewed source and each stage's dependency), in one process instead of
-two: every Python process that imports nbformat pays for its JSON-schema format checkers (about 1.5 s of
-CPU here, most of it `rfc3987_syntax` building its grammars; python-jsonschema/jsonschema#1428), and a
+two: every Python process that imports nbformat pays for its JSON-schema format checkers (here ~2 s of
+CPU, 1.3 s of it `rfc3987_syntax` building its grammars; python-jsonschema/jsonschema#1428), and a
 study of ~55 stages paid it twice per stage. An input that is not a `.py` file goes to papermill as given.
 Every option is papermill's own (its click command parses them), so `--help` is papermill's.
 """
