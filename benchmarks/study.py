@@ -4,7 +4,7 @@
     python benchmarks/study.py --repo DIR --timings T1.json [T2.json ...]   # summarise finished passes
 
 Clones the repository's HEAD into a temporary folder (committed files only), optionally times
-study.sh's `pip install -e .` into a fresh virtual environment (`--install`), then runs
+study.sh's install (`bash study.sh --install-only`) into a fresh virtual environment (`--install`), then runs
 `python -m studylib.repro --jobs N` (dvc repro, N stages side by side) and writes:
 - the wall time, and the reference measured in the same run: the sum of the stages' own durations
   (what running them one after another would take at the speed they ran), so the parallel gain is
@@ -118,11 +118,13 @@ def clone(dst: Path) -> Path:
 
 
 def install(repo: Path, venv: Path, env: dict[str, str]) -> tuple[float, str]:
-    """study.sh's install into a new venv; registers its `python3` kernel under env's JUPYTER_DATA_DIR."""
+    """study.sh's install (`bash study.sh --install-only`) into a new venv, active as `python3` on PATH;
+    registers its `python3` kernel under env's JUPYTER_DATA_DIR."""
     t0 = time.time()
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = str(venv / "bin" / "python")
-    subprocess.run([py, "-m", "pip", "install", "-q", "-e", "."], cwd=repo, check=True)
+    active = {**env, "VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"}
+    subprocess.run(["bash", "study.sh", "--install-only"], cwd=repo, check=True, env=active)
     subprocess.run(
         [py, "-m", "ipykernel", "install", "--user", "--name", "python3"], check=True, capture_output=True, env=env
     )

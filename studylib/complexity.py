@@ -158,7 +158,9 @@ def measure(
     with cpu_threads(cfg.train.threads if device.type == "cpu" else None):
         with backbone_inputs(model) as sizes:
             counts = [count_forward(model, im) for im in images[:num_images]]
-        fps = images_per_second(model, images[:fps_images], device)
+        # the counted forwards, on the same first images, are the timing's warm-up (ViT-B at 1024² on one CPU
+        # thread: ~26 s a forward, so a separate warm-up image cost that again)
+        fps = images_per_second(model, images[:fps_images], device, warmup=0)
         threads = torch.get_num_threads()
     flops = [float(f) for f, _, _ in counts]
     acts = [float(a) for _, a, _ in counts]

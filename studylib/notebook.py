@@ -4,10 +4,12 @@
 
 The same as `jupytext --to ipynb -o - notebooks/NAME.py | papermill - OUT.ipynb ...` (the script, paired
 with notebooks/NAME.ipynb, is the reviewed source and each stage's dependency), in one process instead of
-two: every Python process that imports nbformat pays for its JSON-schema format checkers (here ~2 s of
-CPU, 1.3 s of it `rfc3987_syntax` building its grammars; python-jsonschema/jsonschema#1428), and a
-study of ~55 stages paid it twice per stage. An input that is not a `.py` file goes to papermill as given.
-Every option is papermill's own (its click command parses them), so `--help` is papermill's.
+two: every Python process that imports nbformat pays for its JSON-schema format checkers, and a study of
+~55 stages paid it twice per stage. Of that, 1.3 s of CPU per process is `rfc3987_syntax` building Lark
+grammars at import (python-jsonschema/jsonschema#1428) for the "iri" formats, which no nbformat schema
+uses: this process marks the package absent, and jsonschema, which imports it under
+`suppress(ImportError)`, leaves those two checkers out. An input that is not a `.py` file goes to papermill
+as given. Every option is papermill's own (its click command parses them), so `--help` is papermill's.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from __future__ import annotations
 import io
 import sys
 
-import click
-import jupytext
-from papermill.cli import papermill
+sys.modules.setdefault("rfc3987_syntax", None)  # before jupytext / papermill import nbformat (see above)
+
+import click  # noqa: E402
+import jupytext  # noqa: E402
+from papermill.cli import papermill  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,6 +59,24 @@ def test_measure_runs_at_the_configs_thread_count(tmp_path):
     assert result["num_images"] == 2 and result["fps_images"] == 1
 
 
+def test_measure_times_fps_right_after_the_counted_forwards(tmp_path, monkeypatch):
+    """The counted forwards warm the model up for the fps timing: num_images + fps_images forwards, none more."""
+    from studylib.engine import build
+
+    forwards = []
+
+    def counted(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        model.register_forward_pre_hook(lambda m, inputs: forwards.append(len(inputs[0])))
+        return model
+
+    build_model = build.build_model
+    monkeypatch.setattr(build, "build_model", counted)
+    cfg = config.load(PARAMS, "smoke", [f"data.root={tmp_path / 'data'}", "train.threads=1"])
+    complexity.measure(cfg, num_images=2, fps_images=1, device="cpu")
+    assert forwards == [1, 1, 1]  # two counted images, one timed: one image per forward, as the paper's fps
+
+
 def _model(cfg):
     from studylib.engine.build import build_datasets, build_model
 

@@ -164,6 +164,23 @@ def test_the_stage_runner_is_the_jupytext_papermill_pipe(tmp_path: Path) -> None
     assert bad.returncode == 2 and "No such option '--no-such'" in bad.stderr and not (tmp_path / "o.ipynb").exists()
 
 
+def test_the_stage_runner_skips_the_iri_checkers_yet_still_validates_notebooks() -> None:
+    """The runner's process never builds rfc3987_syntax's grammars (1.3 s a stage), and nbformat's validation
+    there still accepts a notebook and rejects a broken one (its schemas use no IRI format)."""
+    code = (
+        "import sys, studylib.notebook, nbformat\n"
+        "nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('1')])\n"
+        "nbformat.validate(nb)\n"
+        "del nb.cells[0]['source']\n"
+        "try:\n    nbformat.validate(nb)\nexcept nbformat.ValidationError as e:\n    print('rejected:', e.message)\n"
+        "print('rfc3987_syntax loaded:', sys.modules.get('rfc3987_syntax') is not None)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "rejected: 'source' is a required property" in r.stdout
+    assert r.stdout.rstrip().endswith("rfc3987_syntax loaded: False")
+
+
 def test_the_readme_notebook_command_keeps_the_experiments_own_values(tmp_path: Path) -> None:
     """`papermill notebooks/finetune.ipynb out.ipynb -k python3 -p experiment smoke -p out_dir DIR` (the
     README's), every other parameter at its default: smoke's own init, checkpoint, seed and schedule."""
