@@ -40,6 +40,12 @@ def test_ci_script_installs_with_readme_command_and_fails_on_no_tests():
     assert '"$rc" -eq 5' in test_sh  # pytest's "no tests collected" is a failure
 
 
+def test_study_sh_names_an_argument_it_does_not_know_before_installing_anything():
+    r = subprocess.run(["bash", "study.sh", "--job", "2"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown argument --job" in r.stderr and "installing" not in r.stdout
+    assert "--install-only" in r.stderr  # the usage names both options
+
+
 def test_package_imports_and_exposes_the_public_api():
     import studylib
 
