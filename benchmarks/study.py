@@ -118,13 +118,12 @@ def clone(dst: Path) -> Path:
 
 
 def install(repo: Path, venv: Path, env: dict[str, str]) -> tuple[float, str]:
-    """study.sh's install (`bash study.sh --install-only`) into a new venv, active as `python3` on PATH;
-    registers its `python3` kernel under env's JUPYTER_DATA_DIR."""
+    """study.sh's install (`bash study.sh --install-only`) into a new venv, whose bin/ env's PATH puts first
+    (study.sh installs into the `python3` it finds); registers its `python3` kernel under env's JUPYTER_DATA_DIR."""
     t0 = time.time()
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = str(venv / "bin" / "python")
-    active = {**env, "VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"}
-    subprocess.run(["bash", "study.sh", "--install-only"], cwd=repo, check=True, env=active)
+    subprocess.run(["bash", "study.sh", "--install-only"], cwd=repo, check=True, env=env)
     subprocess.run(
         [py, "-m", "ipykernel", "install", "--user", "--name", "python3"], check=True, capture_output=True, env=env
     )

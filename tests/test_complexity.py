@@ -63,14 +63,13 @@ def test_measure_times_fps_right_after_the_counted_forwards(tmp_path, monkeypatc
     """The counted forwards warm the model up for the fps timing: num_images + fps_images forwards, none more."""
     from studylib.engine import build
 
-    forwards = []
+    forwards, build_model = [], build.build_model
 
     def counted(*args, **kwargs):
         model = build_model(*args, **kwargs)
         model.register_forward_pre_hook(lambda m, inputs: forwards.append(len(inputs[0])))
         return model
 
-    build_model = build.build_model
     monkeypatch.setattr(build, "build_model", counted)
     cfg = config.load(PARAMS, "smoke", [f"data.root={tmp_path / 'data'}", "train.threads=1"])
     complexity.measure(cfg, num_images=2, fps_images=1, device="cpu")
