@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Executes the code's imports in a fresh interpreter and prints the studylib files loaded (relative paths).
 RECORDER = r"""
-import json, runpy, sys
+import json, sys
 from pathlib import Path
 root = Path(sys.argv[1]).resolve()
 for stmt in json.loads(sys.argv[2]):
